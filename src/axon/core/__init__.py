@@ -1,0 +1,1 @@
+"""Pure types shared by every role: messages, jobs, stream events, errors, ids. No I/O."""

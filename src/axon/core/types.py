@@ -1,0 +1,106 @@
+"""Value types that cross seams: chat messages, sampling parameters, jobs, stream events.
+
+They are pydantic models because each of them crosses a process boundary in production
+(a job over AMQP, an event through a Redis Stream), and validation there is the point.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Role = Literal["system", "user", "assistant"]
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    role: Role
+    content: str
+
+
+class SamplingParams(BaseModel):
+    """What the engine needs to sample one reply."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+class FinishReason(StrEnum):
+    STOP = "stop"
+    LENGTH = "length"
+    CANCELLED = "cancelled"
+    ERROR = "error"
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class Job(BaseModel):
+    """Everything a worker needs to produce one reply; workers never read the session store.
+
+    ``request_id`` names the token stream and, for session turns, the assistant message.
+    """
+
+    request_id: str
+    model: str
+    messages: list[ChatMessage]
+    params: SamplingParams
+    session_id: str | None = None
+    #: Unix time after which nobody waits for the answer any more.
+    deadline: float
+    #: W3C trace context, so a trace continues across the queue.
+    traceparent: str | None = None
+
+
+class EventKind(StrEnum):
+    TOKENS = "tokens"
+    DONE = "done"
+    ERROR = "error"
+
+
+class StreamEvent(BaseModel):
+    """One entry of a request's token stream.
+
+    A ``tokens`` event carries a batch of text (several tokens per entry: per-message costs
+    dominate a Python serving path, so batching is what keeps it fast). The last event is
+    ``done`` (full text, usage, finish reason) or ``error``.
+    """
+
+    kind: EventKind
+    text: str = ""
+    tokens: int = 0
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.kind is not EventKind.TOKENS
+
+
+class Completion(BaseModel):
+    """A finished request, handed to the session manager to store the assistant message."""
+
+    request_id: str
+    session_id: str | None
+    model: str
+    text: str
+    finish_reason: FinishReason
+    usage: Usage
+    error_code: str | None = None
+    error_message: str | None = None

@@ -1,0 +1,55 @@
+"""Operations endpoints (liveness, readiness, metrics) and the web chat page."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+
+from axon.gateway.services import Services
+from axon.observability import metrics
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+STATIC = Path(__file__).resolve().parent.parent / "static"
+
+#: A readiness check slower than this counts as failed: a probe must answer promptly.
+CHECK_TIMEOUT_S = 2.0
+
+
+@router.get("/healthz", tags=["ops"])
+async def healthz() -> dict[str, str]:
+    """Liveness: the process serves HTTP."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["ops"])
+async def readyz(request: Request) -> JSONResponse:
+    """Readiness: every dependency this process needs answers (model loaded, store...)."""
+    services: Services = request.app.state.services
+    results: dict[str, str] = {}
+    for name, check in services.checks.items():
+        try:
+            await asyncio.wait_for(check(), CHECK_TIMEOUT_S)
+            results[name] = "ok"
+        except Exception as exc:
+            results[name] = f"failing: {type(exc).__name__}"
+    ready = all(v == "ok" for v in results.values())
+    return JSONResponse(
+        {"status": "ready" if ready else "not ready", "checks": results},
+        status_code=200 if ready else 503,
+    )
+
+
+@router.get("/metrics", tags=["ops"])
+async def prometheus() -> Response:
+    body, content_type = metrics.render()
+    return Response(body, media_type=content_type)
+
+
+@router.get("/", include_in_schema=False)
+async def index() -> FileResponse:
+    return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,366 @@
+// Axon web chat: a single page over the session API. No framework, no build step.
+// Model output is only ever written with textContent, never parsed as HTML.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  sessions: $("sessions"), more: $("more-sessions"), newSession: $("new-session"),
+  title: $("chat-title"), status: $("status"), messages: $("messages"), empty: $("empty"),
+  error: $("error"), form: $("composer-form"), composer: $("composer"),
+  send: $("send"), stop: $("stop"),
+};
+
+const CANCEL_GRACE_MS = 5000; // abort the stream if no `done` arrives this long after Stop
+const PAGE_SIZE = 30;
+const LAST_KEY = "axon.lastSession";
+
+const state = {
+  sessions: [],      // newest first, as the server lists them
+  cursor: null,      // next_cursor of the last page loaded
+  currentId: null,
+  gen: null,         // the reply being generated: {sessionId, replyId, el, controller, timer}
+};
+
+// ---- HTTP -----------------------------------------------------------------
+
+class ApiError extends Error {}
+
+async function errorFrom(res) {
+  let message = `${res.status} ${res.statusText}`;
+  try {
+    const body = await res.json();
+    if (body && body.error && body.error.message) message = body.error.message;
+  } catch (_) { /* not JSON: keep the status line */ }
+  return new ApiError(message);
+}
+
+async function api(path, options = {}) {
+  const init = { ...options, headers: { Accept: "application/json", ...(options.headers || {}) } };
+  if (options.json !== undefined) {
+    init.body = JSON.stringify(options.json);
+    init.headers["Content-Type"] = "application/json";
+  }
+  const res = await fetch(path, init);
+  if (!res.ok) throw await errorFrom(res);
+  return res.status === 204 ? null : res.json();
+}
+
+// Reads a text/event-stream body and calls onEvent(name, data, id) for each event.
+async function readSse(res, onEvent) {
+  const reader = res.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  const dispatch = (block) => {
+    let name = "message", id = null;
+    const data = [];
+    for (const line of block.split("\n")) {
+      if (!line || line.startsWith(":")) continue;
+      const colon = line.indexOf(":");
+      const field = colon < 0 ? line : line.slice(0, colon);
+      let value = colon < 0 ? "" : line.slice(colon + 1);
+      if (value.startsWith(" ")) value = value.slice(1);
+      if (field === "event") name = value;
+      else if (field === "data") data.push(value);
+      else if (field === "id") id = value;
+    }
+    if (data.length) onEvent(name, JSON.parse(data.join("\n")), id);
+  };
+  for (;;) {
+    const { value, done } = await reader.read();
+    buffer += decoder.decode(value || new Uint8Array(), { stream: !done });
+    buffer = buffer.replace(/\r\n?/g, "\n");
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      dispatch(buffer.slice(0, end));
+      buffer = buffer.slice(end + 2);
+    }
+    if (done) break;
+  }
+  if (buffer.trim()) dispatch(buffer);
+}
+
+// ---- Rendering --------------------------------------------------------------
+
+function setStatus(text) { ui.status.textContent = text; }
+
+function showError(message) {
+  ui.error.textContent = message;
+  ui.error.hidden = !message;
+}
+
+function sessionLabel(s) {
+  return s.title || "Untitled chat";
+}
+
+function renderSessions() {
+  ui.sessions.replaceChildren(...state.sessions.map((s) => {
+    const li = document.createElement("li");
+    li.className = "session" + (s.id === state.currentId ? " active" : "");
+    li.dataset.testid = "session-item";
+    li.dataset.sessionId = s.id;
+
+    const open = document.createElement("button");
+    open.type = "button";
+    open.className = "session-open";
+    open.textContent = sessionLabel(s);
+    open.title = new Date(s.updated_at || s.created_at).toLocaleString();
+    if (s.id === state.currentId) open.setAttribute("aria-current", "true");
+    open.addEventListener("click", () => selectSession(s.id));
+
+    const del = document.createElement("button");
+    del.type = "button";
+    del.className = "session-delete";
+    del.dataset.testid = "delete-session";
+    del.textContent = "×";
+    del.setAttribute("aria-label", `Delete “${sessionLabel(s)}”`);
+    del.addEventListener("click", () => deleteSession(s.id));
+
+    li.append(open, del);
+    return li;
+  }));
+  ui.more.hidden = !state.cursor;
+}
+
+function messageEl(role, text, id) {
+  const el = document.createElement("article");
+  el.className = `message ${role}`;
+  el.dataset.testid = "message";
+  el.dataset.role = role;
+  if (id) el.dataset.messageId = id;
+  el.setAttribute("aria-label", role === "user" ? "You" : "Assistant");
+  el.textContent = text;
+  return el;
+}
+
+function appendMessage(el) {
+  ui.empty.hidden = true;
+  ui.messages.append(el);
+  ui.messages.scrollTop = ui.messages.scrollHeight;
+}
+
+function setFinish(el, reason) {
+  if (reason && reason !== "stop") el.dataset.finish = reason;
+}
+
+function renderHistory(session) {
+  ui.messages.replaceChildren(ui.empty);
+  ui.empty.hidden = session.messages.length > 0;
+  for (const m of session.messages) {
+    if (m.role !== "user" && m.role !== "assistant") continue;
+    const el = messageEl(m.role, m.content, m.id);
+    setFinish(el, m.finish_reason);
+    appendMessage(el);
+  }
+}
+
+function setGenerating(on) {
+  ui.stop.hidden = !on;
+  ui.stop.disabled = false;
+  ui.send.disabled = on;
+}
+
+// ---- Sessions ---------------------------------------------------------------
+
+async function loadSessions(more = false) {
+  const params = new URLSearchParams({ limit: String(PAGE_SIZE) });
+  if (more && state.cursor) params.set("after", state.cursor);
+  const page = await api(`/v1/sessions?${params}`);
+  state.sessions = more ? state.sessions.concat(page.data) : page.data;
+  state.cursor = page.has_more ? page.next_cursor : null;
+  const current = state.sessions.find((s) => s.id === state.currentId);
+  if (current) ui.title.textContent = sessionLabel(current); // the server may have titled it
+  renderSessions();
+}
+
+function remember(id) {
+  try {
+    if (id) localStorage.setItem(LAST_KEY, id); else localStorage.removeItem(LAST_KEY);
+  } catch (_) { /* storage disabled: the hash still works */ }
+  history.replaceState(null, "", id ? `#s=${encodeURIComponent(id)}` : location.pathname);
+}
+
+function clearChat() {
+  state.currentId = null;
+  remember(null);
+  ui.title.textContent = "New chat";
+  ui.messages.replaceChildren(ui.empty);
+  ui.empty.hidden = false;
+  renderSessions();
+}
+
+async function selectSession(id) {
+  showError("");
+  if (!state.gen) setStatus("");
+  const session = await api(`/v1/sessions/${encodeURIComponent(id)}`);
+  state.currentId = id;
+  remember(id);
+  ui.title.textContent = sessionLabel(session);
+  renderHistory(session);
+  renderSessions();
+
+  const gen = state.gen;
+  if (gen && gen.sessionId === id) {
+    // Still streaming into this session: show the live reply again.
+    if (!session.messages.some((m) => m.id === gen.replyId)) appendMessage(gen.el);
+    return;
+  }
+  // A reply still being generated (e.g. after a reload): re-attach to its stream.
+  const last = session.messages[session.messages.length - 1];
+  if (!gen && last && last.role === "user" && last.reply_id && last.status !== "failed") {
+    const path = `/v1/sessions/${encodeURIComponent(id)}/messages/${last.reply_id}/stream`;
+    const init = { method: "GET", headers: { Accept: "text/event-stream" } };
+    report(stream(id, path, init, { replyId: last.reply_id }));
+  }
+}
+
+async function createSession() {
+  const session = await api("/v1/sessions", { method: "POST", json: {} });
+  state.sessions.unshift(session);
+  await selectSession(session.id);
+  ui.composer.focus();
+  return session;
+}
+
+async function deleteSession(id) {
+  if (state.gen && state.gen.sessionId === id) await stopGeneration();
+  await api(`/v1/sessions/${encodeURIComponent(id)}`, { method: "DELETE" });
+  state.sessions = state.sessions.filter((s) => s.id !== id);
+  if (state.currentId === id) clearChat(); else renderSessions();
+}
+
+// ---- Chat turns ---------------------------------------------------------------
+
+async function sendMessage() {
+  const content = ui.composer.value.trim();
+  if (!content || state.gen) return;
+  showError("");
+  if (!state.currentId) await createSession();
+  const sessionId = state.currentId;
+  ui.composer.value = "";
+  const userEl = messageEl("user", content);
+  appendMessage(userEl);
+  const path = `/v1/sessions/${encodeURIComponent(sessionId)}/messages`;
+  const started = await stream(sessionId, path, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
+    body: JSON.stringify({ content, stream: true }),
+  }, { userEl });
+  if (!started) {
+    // Refused before the turn began (e.g. a rate limit): nothing was stored, so give the
+    // text back to the user to retry.
+    userEl.remove();
+    ui.empty.hidden = ui.messages.querySelector('[data-testid="message"]') !== null;
+    if (!ui.composer.value) ui.composer.value = content;
+  }
+}
+
+// Runs one reply stream (a new turn, or a re-attach when replyId is given) into a new
+// assistant message. Resolves to whether the turn began (its reply id is known).
+async function stream(sessionId, path, init, { replyId = null, userEl = null } = {}) {
+  const el = messageEl("assistant", "", replyId);
+  el.classList.add("streaming");
+  const gen = { sessionId, replyId, el, controller: new AbortController(), timer: null };
+  state.gen = gen;
+  setGenerating(true);
+  setStatus("Generating…");
+  let finished = false;
+  try {
+    const res = await fetch(path, { ...init, signal: gen.controller.signal });
+    if (replyId && res.status === 404) { setStatus(""); return false; } // stream expired
+    if (!res.ok) throw await errorFrom(res);
+    if (state.currentId === sessionId) appendMessage(el);
+    await readSse(res, (event, data) => {
+      if (event === "turn") {
+        gen.replyId = data.reply_id;
+        el.dataset.messageId = data.reply_id;
+        if (userEl && data.user_message) userEl.dataset.messageId = data.user_message.id;
+      } else if (event === "token") {
+        el.append(data.text);
+        if (state.currentId === sessionId) ui.messages.scrollTop = ui.messages.scrollHeight;
+      } else if (event === "done") {
+        finished = true;
+        if (data.message && typeof data.message.content === "string") {
+          el.textContent = data.message.content;
+        }
+        setFinish(el, data.finish_reason);
+        const usage = data.usage ? ` · ${data.usage.completion_tokens} tokens` : "";
+        setStatus((data.finish_reason === "cancelled" ? "Stopped" : "Done") + usage);
+      } else if (event === "error") {
+        finished = true;
+        throw new ApiError((data.error && data.error.message) || "The reply failed.");
+      }
+    });
+    if (!finished) throw new ApiError("The connection closed before the reply finished.");
+  } catch (err) {
+    if (err.name === "AbortError") {
+      setStatus("Stopped");
+      el.dataset.finish = "cancelled";
+    } else {
+      setStatus("");
+      el.dataset.finish = "error";
+      if (state.currentId === sessionId) showError(err.message || String(err));
+    }
+    if (!el.textContent) el.remove();
+  } finally {
+    clearTimeout(gen.timer);
+    gen.controller.abort(); // release the connection if we stopped reading early
+    el.classList.remove("streaming");
+    if (state.gen === gen) state.gen = null;
+    setGenerating(false);
+    loadSessions().catch(() => {});
+  }
+  return gen.replyId !== null;
+}
+
+async function stopGeneration() {
+  const gen = state.gen;
+  if (!gen) return;
+  ui.stop.disabled = true;
+  setStatus("Stopping…");
+  gen.timer = setTimeout(() => gen.controller.abort(), CANCEL_GRACE_MS);
+  if (!gen.replyId) { gen.controller.abort(); return; }
+  const path = `/v1/sessions/${encodeURIComponent(gen.sessionId)}` +
+    `/messages/${encodeURIComponent(gen.replyId)}/cancel`;
+  try {
+    await api(path, { method: "POST" });
+  } catch (err) {
+    gen.controller.abort();
+    showError(err.message);
+  }
+}
+
+// ---- Wiring -------------------------------------------------------------------
+
+function report(promise) {
+  promise.catch((err) => showError(err.message || String(err)));
+}
+
+ui.form.addEventListener("submit", (e) => { e.preventDefault(); report(sendMessage()); });
+ui.composer.addEventListener("keydown", (e) => {
+  if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+    e.preventDefault();
+    report(sendMessage());
+  }
+});
+ui.stop.addEventListener("click", () => report(stopGeneration()));
+ui.newSession.addEventListener("click", () => report(createSession()));
+ui.more.addEventListener("click", () => report(loadSessions(true)));
+
+function initialSession() {
+  const match = /^#s=(.+)$/.exec(location.hash);
+  if (match) return decodeURIComponent(match[1]);
+  try { return localStorage.getItem(LAST_KEY); } catch (_) { return null; }
+}
+
+async function start() {
+  await loadSessions();
+  const id = initialSession();
+  if (!id) return;
+  try {
+    await selectSession(id);
+  } catch (_) {
+    clearChat(); // deleted or unknown: start fresh rather than show an error
+  }
+}
+
+report(start());

@@ -1,0 +1,1 @@
+"""Logs, metrics and trace context: what every process exposes about itself."""

@@ -1,0 +1,1 @@
+"""The job queue seam: ``base.JobQueue``; ``memory`` (embedded) and ``rabbitmq`` backends."""

@@ -1,0 +1,288 @@
+"""Job queue on RabbitMQ: one durable quorum queue per model with publisher confirms,
+manual acknowledgement, a delivery limit and a dead-letter queue."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractQueueIterator,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+)
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelInvalidStateError
+from pydantic import ValidationError
+
+from axon.core.errors import QueueUnavailable
+from axon.core.types import Job
+from axon.queue.base import Delivery, JobQueue
+
+logger = logging.getLogger(__name__)
+
+#: Dead letters are read by one small consumer that tells clients; a few in flight is plenty.
+_DEAD_LETTER_PREFETCH = 16
+
+
+class _RabbitDelivery(Delivery):
+    def __init__(self, message: AbstractIncomingMessage, job: Job, attempt: int) -> None:
+        self._message = message
+        self.job = job
+        self.attempt = attempt
+
+    async def _settle(self, action: str) -> None:
+        try:
+            if action == "ack":
+                await self._message.ack()
+            elif action == "retry":
+                # The quorum queue counts this as a failed delivery and dead-letters the
+                # job once the count passes the limit: no bookkeeping on our side.
+                await self._message.nack(requeue=True)
+            else:
+                await self._message.reject(requeue=False)
+        except ChannelInvalidStateError:
+            # The channel this came on is gone: the broker has already put the job back
+            # in the queue and will deliver it again (the stream lets the next worker
+            # continue without a gap), so there is nothing left to settle here.
+            logger.warning(
+                "could not %s job %s: its channel closed, the broker redelivers it",
+                action,
+                self.job.request_id,
+            )
+
+    async def ack(self) -> None:
+        await self._settle("ack")
+
+    async def retry(self) -> None:
+        await self._settle("retry")
+
+    async def reject(self) -> None:
+        await self._settle("reject")
+
+
+class RabbitMQJobQueue(JobQueue):
+    """Jobs in RabbitMQ quorum queues ``{prefix}.jobs.{model}``, poison jobs in
+    ``{prefix}.dead.{model}``.
+
+    The connection is robust (``aio_pika.connect_robust``): after a broker or network
+    failure it reconnects in the background and re-declares queues and consumers. A
+    ``consume`` iterator therefore keeps yielding after a reconnect; it ends cleanly only
+    when ``close()`` is called. Deliveries received before the loss cannot be settled any
+    more (the broker requeued them); settling them logs a warning and does nothing.
+
+    ``start()`` connects eagerly; every other method also connects on first use, so a
+    process can start while the broker is down and report it through ``ping()``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str,
+        delivery_limit: int,
+        publish_timeout_s: float,
+        connect_timeout_s: float = 10.0,
+    ) -> None:
+        self._url = url
+        self._prefix = prefix
+        self._delivery_limit = max(1, delivery_limit)
+        self._publish_timeout_s = publish_timeout_s
+        self._connect_timeout_s = connect_timeout_s
+        self._connection: AbstractRobustConnection | None = None
+        self._publisher: AbstractRobustChannel | None = None
+        self._published_to: set[str] = set()
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        *,
+        prefix: str,
+        delivery_limit: int,
+        publish_timeout_s: float,
+        connect_timeout_s: float = 10.0,
+    ) -> RabbitMQJobQueue:
+        queue = cls(
+            url,
+            prefix=prefix,
+            delivery_limit=delivery_limit,
+            publish_timeout_s=publish_timeout_s,
+            connect_timeout_s=connect_timeout_s,
+        )
+        await queue.start()
+        return queue
+
+    def jobs_queue(self, model: str) -> str:
+        return f"{self._prefix}.jobs.{model}"
+
+    def dead_queue(self, model: str) -> str:
+        return f"{self._prefix}.dead.{model}"
+
+    def _jobs_arguments(self, model: str) -> dict[str, Any]:
+        return {
+            "x-queue-type": "quorum",
+            # The broker counts *failed* deliveries (nack with requeue, or a consumer's
+            # channel closing with the job unacked) and dead-letters a job once that count
+            # exceeds the limit, so allowing N deliveries means a limit of N - 1.
+            "x-delivery-limit": self._delivery_limit - 1,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": self.dead_queue(model),
+            # Quorum queues dead-letter at-most-once by default: a job is dropped if the
+            # dead-letter queue cannot take it at that moment, and the client would never
+            # hear about it. at-least-once keeps it in this queue until the dead-letter
+            # queue confirms; RabbitMQ (3.10+) honours that only together with
+            # reject-publish overflow, because with drop-head a full queue would silently
+            # discard jobs it has not yet dead-lettered. With a length limit set by
+            # policy, a full queue then refuses publishes, which the gateway turns into 503s.
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
+
+    async def _declare(
+        self, channel: AbstractChannel, model: str
+    ) -> tuple[AbstractQueue, AbstractQueue]:
+        """Declare (idempotently) the model's queues; a robust channel declares them again
+        after a reconnect. Returns (jobs, dead)."""
+        # The dead-letter queue first, so that it exists before anything can be routed there.
+        dead = await channel.declare_queue(
+            self.dead_queue(model), durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        jobs = await channel.declare_queue(
+            self.jobs_queue(model), durable=True, arguments=self._jobs_arguments(model)
+        )
+        return jobs, dead
+
+    async def _connect(self) -> AbstractRobustConnection:
+        async with self._lock:
+            if self._connection is None:
+                try:
+                    self._connection = await aio_pika.connect_robust(
+                        self._url,
+                        timeout=self._connect_timeout_s,
+                        client_properties={"connection_name": f"axon {self._prefix}"},
+                    )
+                except CONNECTION_EXCEPTIONS as exc:
+                    # Never put the URL in the message: it carries the password.
+                    raise QueueUnavailable("cannot connect to RabbitMQ") from exc
+            return self._connection
+
+    async def _publisher_channel(self) -> AbstractRobustChannel:
+        connection = await self._connect()
+        async with self._lock:
+            if self._publisher is None:
+                # Confirms: publish returns only once the broker has stored the job.
+                # on_return_raises: an unroutable job (queue missing) raises, not vanishes.
+                self._publisher = await connection.channel(
+                    publisher_confirms=True, on_return_raises=True
+                )
+            return self._publisher
+
+    async def start(self) -> None:
+        """Connect now and open the publisher channel; raise ``QueueUnavailable`` if the
+        broker cannot be reached."""
+        try:
+            await self._publisher_channel()
+        except CONNECTION_EXCEPTIONS as exc:
+            raise QueueUnavailable("cannot open a RabbitMQ channel") from exc
+
+    async def _publish(self, job: Job) -> None:
+        channel = await self._publisher_channel()
+        if job.model not in self._published_to:
+            await self._declare(channel, job.model)
+            self._published_to.add(job.model)
+        message = aio_pika.Message(
+            job.model_dump_json().encode(),
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=job.request_id,
+            headers={"traceparent": job.traceparent} if job.traceparent else None,
+        )
+        await channel.default_exchange.publish(
+            message, routing_key=self.jobs_queue(job.model), mandatory=True
+        )
+
+    async def publish(self, job: Job) -> None:
+        try:
+            await asyncio.wait_for(self._publish(job), self._publish_timeout_s)
+        except QueueUnavailable:
+            raise
+        except TimeoutError as exc:
+            raise QueueUnavailable("RabbitMQ did not confirm the job in time") from exc
+        except CONNECTION_EXCEPTIONS as exc:
+            # Includes a nack (queue full, reject-publish) and a return (unroutable).
+            raise QueueUnavailable(f"RabbitMQ refused the job: {type(exc).__name__}") from exc
+
+    @asynccontextmanager
+    async def _consumer(
+        self, model: str, *, dead: bool, prefetch: int
+    ) -> AsyncIterator[AbstractQueueIterator]:
+        """A channel of its own (so prefetch applies to this consumer alone), closed on exit
+        so that unacknowledged deliveries go back to the queue at once."""
+        connection = await self._connect()
+        try:
+            channel = await connection.channel()
+            await channel.set_qos(prefetch_count=prefetch)
+            jobs, dead_letters = await self._declare(channel, model)
+        except CONNECTION_EXCEPTIONS as exc:
+            raise QueueUnavailable("cannot start consuming from RabbitMQ") from exc
+        try:
+            async with (dead_letters if dead else jobs).iterator() as messages:
+                yield messages
+        finally:
+            with suppress(*CONNECTION_EXCEPTIONS):
+                await channel.close()
+
+    async def consume(self, model: str, prefetch: int) -> AsyncIterator[Delivery]:
+        async with self._consumer(model, dead=False, prefetch=prefetch) as messages:
+            async for message in messages:
+                try:
+                    job = Job.model_validate_json(message.body)
+                except ValidationError:
+                    # It can never run: straight to the dead-letter queue (contents unlogged).
+                    logger.error("dead-lettering undecodable job %s", message.message_id)
+                    await message.reject(requeue=False)
+                    continue
+                # The quorum queue sets x-delivery-count to the failed deliveries so far.
+                count = message.headers.get("x-delivery-count")
+                attempt = int(count) + 1 if isinstance(count, int) else 1
+                yield _RabbitDelivery(message, job, attempt)
+
+    async def dead_letters(self, model: str) -> AsyncIterator[Delivery]:
+        """Dead-lettered jobs. ``attempt`` is the delivery limit when the broker gave up on
+        the job, and 1 when a worker rejected it (the broker keeps no count for that).
+        ``retry`` puts a dead letter back on the dead-letter queue; ``reject`` drops it."""
+        async with self._consumer(model, dead=True, prefetch=_DEAD_LETTER_PREFETCH) as messages:
+            async for message in messages:
+                try:
+                    job = Job.model_validate_json(message.body)
+                except ValidationError:
+                    logger.error("dropping undecodable dead letter %s", message.message_id)
+                    await message.reject(requeue=False)
+                    continue
+                reason = message.headers.get("x-first-death-reason")
+                attempt = self._delivery_limit if reason == "delivery_limit" else 1
+                yield _RabbitDelivery(message, job, attempt)
+
+    async def ping(self) -> None:
+        try:
+            channel = await asyncio.wait_for(self._publisher_channel(), self._publish_timeout_s)
+        except TimeoutError as exc:
+            raise QueueUnavailable("RabbitMQ did not answer in time") from exc
+        # While the robust connection is reconnecting the channel reports closed.
+        if channel.is_closed:
+            raise QueueUnavailable("RabbitMQ connection is down")
+
+    async def close(self) -> None:
+        connection, self._connection, self._publisher = self._connection, None, None
+        self._published_to.clear()
+        if connection is not None:
+            with suppress(*CONNECTION_EXCEPTIONS):
+                await connection.close()

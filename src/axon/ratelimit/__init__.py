@@ -1,0 +1,1 @@
+"""The rate limiter seam: counters every gateway replica shares. ``memory`` and ``redis``."""

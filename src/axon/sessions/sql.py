@@ -1,0 +1,261 @@
+"""The durable session store over SQLAlchemy's async engine: SQLite (embedded default,
+aiosqlite) or PostgreSQL (production, asyncpg). One code path; dialect differences are
+confined to the upsert helper and the connect arguments."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from axon.core.errors import NotFound, StoreUnavailable
+from axon.core.ids import new_id
+from axon.sessions.records import MessageRecord, SessionRecord
+from axon.sessions.schema import messages, sessions
+from axon.sessions.store import AssistantReply, SessionStore
+
+
+def ensure_sqlite_dir(url: str) -> None:
+    """Create the folder of a SQLite file URL, so a fresh data directory just works."""
+    path = url.split(":///", 1)[-1] if url.startswith("sqlite") else ""
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+    """Build the async engine for ``url``. PostgreSQL URLs may name several hosts
+    (``?host=a:5432&host=b:5432&target_session_attrs=read-write``), which asyncpg
+    tries in turn, so a Multi-AZ failover only costs a reconnect."""
+    if url.startswith("sqlite"):
+        ensure_sqlite_dir(url)
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine.sync_engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            # WAL lets readers proceed while a turn is written; foreign keys make
+            # DELETE of a session cascade to its messages.
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        return engine
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        # A connection the database dropped (failover, idle timeout) is detected
+        # before use instead of failing the request that drew it.
+        pool_pre_ping=True,
+        pool_recycle=1800,
+    )
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite returns naive datetimes even for timezone-aware columns.
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _session(row: sa.Row[Any]) -> SessionRecord:
+    m = row._mapping
+    return SessionRecord(
+        id=m["id"],
+        title=m["title"],
+        model=m["model"],
+        system_prompt=m["system_prompt"],
+        created_at=_aware(m["created_at"]),
+        updated_at=_aware(m["updated_at"]),
+    )
+
+
+def _message(row: sa.Row[Any]) -> MessageRecord:
+    m = dict(row._mapping)
+    m["seq"] = m.pop("pos")
+    m["created_at"] = _aware(m["created_at"])
+    return MessageRecord.model_validate(m)
+
+
+class SqlSessionStore(SessionStore):
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[AsyncConnection]:
+        try:
+            async with self.engine.begin() as conn:
+                yield conn
+        except (OperationalError, OSError, ConnectionError) as exc:
+            raise StoreUnavailable(
+                f"the session store is unavailable: {type(exc).__name__}"
+            ) from exc
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise StoreUnavailable("the session store connection was lost") from exc
+            raise
+
+    async def create_session(
+        self, *, title: str, model: str, system_prompt: str | None
+    ) -> SessionRecord:
+        now = _now()
+        record = SessionRecord(
+            id=new_id("sess"),
+            title=title,
+            model=model,
+            system_prompt=system_prompt,
+            created_at=now,
+            updated_at=now,
+        )
+        async with self._tx() as conn:
+            await conn.execute(sessions.insert().values(**record.model_dump()))
+        return record
+
+    async def get_session(self, session_id: str) -> SessionRecord:
+        async with self._tx() as conn:
+            row = (
+                await conn.execute(sa.select(sessions).where(sessions.c.id == session_id))
+            ).first()
+        if row is None:
+            raise NotFound(f"no session with id {session_id!r}", param="session_id")
+        return _session(row)
+
+    async def list_sessions(
+        self, *, limit: int, after: str | None = None
+    ) -> tuple[list[SessionRecord], bool]:
+        # Ids begin with their creation time, so id order is creation order.
+        query = sa.select(sessions).order_by(sessions.c.id.desc()).limit(limit + 1)
+        if after:
+            query = query.where(sessions.c.id < after)
+        async with self._tx() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_session(r) for r in rows[:limit]], len(rows) > limit
+
+    async def delete_session(self, session_id: str) -> None:
+        async with self._tx() as conn:
+            # Explicit, so that a store without cascading foreign keys stays clean too.
+            await conn.execute(messages.delete().where(messages.c.session_id == session_id))
+            result = await conn.execute(sessions.delete().where(sessions.c.id == session_id))
+        if result.rowcount == 0:
+            raise NotFound(f"no session with id {session_id!r}", param="session_id")
+
+    async def _touch(self, conn: AsyncConnection, session_id: str, when: datetime) -> bool:
+        result = await conn.execute(
+            sessions.update().where(sessions.c.id == session_id).values(updated_at=when)
+        )
+        return bool(result.rowcount)
+
+    async def add_user_message(
+        self,
+        session_id: str,
+        *,
+        content: str,
+        reply_id: str,
+        idempotency_key: str | None = None,
+    ) -> tuple[MessageRecord, bool]:
+        now = _now()
+        values = {
+            "id": new_id("msg"),
+            "session_id": session_id,
+            "role": "user",
+            "content": content,
+            "status": "complete",
+            "created_at": now,
+            "reply_id": reply_id,
+            "idempotency_key": idempotency_key,
+        }
+        async with self._tx() as conn:
+            if not await self._touch(conn, session_id, now):
+                raise NotFound(f"no session with id {session_id!r}", param="session_id")
+            if idempotency_key is not None:
+                stmt = (
+                    self._insert(messages)
+                    .values(**values)
+                    .on_conflict_do_nothing(index_elements=["session_id", "idempotency_key"])
+                )
+            else:
+                stmt = self._insert(messages).values(**values)
+            inserted = (await conn.execute(stmt.returning(messages))).first()
+            if inserted is not None:
+                return _message(inserted), True
+            row = (
+                await conn.execute(
+                    sa.select(messages).where(
+                        messages.c.session_id == session_id,
+                        messages.c.idempotency_key == idempotency_key,
+                    )
+                )
+            ).one()
+            return _message(row), False
+
+    async def add_assistant_message(self, reply: AssistantReply) -> MessageRecord | None:
+        now = _now()
+        stmt = (
+            self._insert(messages)
+            .values(
+                id=reply.id,
+                session_id=reply.session_id,
+                role="assistant",
+                content=reply.content,
+                status=reply.status,
+                created_at=now,
+                finish_reason=reply.finish_reason.value,
+                prompt_tokens=reply.prompt_tokens,
+                completion_tokens=reply.completion_tokens,
+                error_code=reply.error_code,
+            )
+            .on_conflict_do_nothing(index_elements=["id"])
+            .returning(messages)
+        )
+        try:
+            async with self._tx() as conn:
+                if not await self._touch(conn, reply.session_id, now):
+                    return None  # the session was deleted while the reply was generated
+                row = (await conn.execute(stmt)).first()
+        except IntegrityError:
+            return None  # deleted between the two statements
+        return None if row is None else _message(row)
+
+    async def recent_messages(self, session_id: str, limit: int) -> list[MessageRecord]:
+        query = (
+            sa.select(messages)
+            .where(messages.c.session_id == session_id)
+            .order_by(messages.c.pos.desc())
+            .limit(limit)
+        )
+        async with self._tx() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_message(r) for r in reversed(rows)]
+
+    async def get_message(self, session_id: str, message_id: str) -> MessageRecord | None:
+        query = sa.select(messages).where(
+            messages.c.session_id == session_id, messages.c.id == message_id
+        )
+        async with self._tx() as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else _message(row)
+
+    async def find_turn(self, session_id: str, reply_id: str) -> MessageRecord | None:
+        query = sa.select(messages).where(
+            messages.c.session_id == session_id, messages.c.reply_id == reply_id
+        )
+        async with self._tx() as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else _message(row)
+
+    async def ping(self) -> None:
+        async with self._tx() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+
+    async def close(self) -> None:
+        await self.engine.dispose()

@@ -1,0 +1,82 @@
+"""The durable session store interface: the system of record for conversations."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+from axon.core.types import FinishReason
+from axon.sessions.records import MessageRecord, MessageStatus, SessionRecord
+
+
+@dataclass(frozen=True, slots=True)
+class AssistantReply:
+    """A finished reply to store. ``id`` is the request id, so storing it twice is a no-op."""
+
+    id: str
+    session_id: str
+    content: str
+    status: MessageStatus
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    error_code: str | None = None
+
+
+class SessionStore(abc.ABC):
+    """Every write is idempotent: a retried insert of the same message stores nothing new."""
+
+    @abc.abstractmethod
+    async def create_session(
+        self, *, title: str, model: str, system_prompt: str | None
+    ) -> SessionRecord: ...
+
+    @abc.abstractmethod
+    async def get_session(self, session_id: str) -> SessionRecord:
+        """Raise ``NotFound`` for an unknown id."""
+
+    @abc.abstractmethod
+    async def list_sessions(
+        self, *, limit: int, after: str | None = None
+    ) -> tuple[list[SessionRecord], bool]:
+        """Newest first; ``after`` is the id of the last session of the previous page.
+        Returns the page and whether more follow."""
+
+    @abc.abstractmethod
+    async def delete_session(self, session_id: str) -> None:
+        """Delete a session and its messages; raise ``NotFound`` for an unknown id."""
+
+    @abc.abstractmethod
+    async def add_user_message(
+        self,
+        session_id: str,
+        *,
+        content: str,
+        reply_id: str,
+        idempotency_key: str | None = None,
+    ) -> tuple[MessageRecord, bool]:
+        """Store a user message; returns it and whether it is new. With an
+        ``idempotency_key`` already used in this session, returns the earlier message."""
+
+    @abc.abstractmethod
+    async def add_assistant_message(self, reply: AssistantReply) -> MessageRecord | None:
+        """Store a reply exactly once; returns it, or None when it was stored before or
+        its session is gone."""
+
+    @abc.abstractmethod
+    async def recent_messages(self, session_id: str, limit: int) -> list[MessageRecord]:
+        """The newest ``limit`` messages, oldest first."""
+
+    @abc.abstractmethod
+    async def get_message(self, session_id: str, message_id: str) -> MessageRecord | None: ...
+
+    @abc.abstractmethod
+    async def find_turn(self, session_id: str, reply_id: str) -> MessageRecord | None:
+        """The user message whose reply is ``reply_id``."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise ``StoreUnavailable`` when the store cannot be reached."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""

@@ -1,0 +1,119 @@
+"""In-process token streams for the embedded default and unit tests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from axon.core.types import Completion, StreamEvent
+from axon.streaming.base import Entry, TokenStreams, parse_id
+
+
+@dataclass
+class _Stream:
+    entries: list[Entry] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    expires_at: float | None = None
+    last: tuple[int, int] = (0, 0)
+
+
+class MemoryTokenStreams(TokenStreams):
+    def __init__(self, ttl_s: float = 600.0, maxlen: int = 10_000) -> None:
+        self.ttl_s = ttl_s
+        self.maxlen = maxlen
+        self._streams: dict[str, _Stream] = {}
+        self._cancelled: dict[str, float] = {}
+        self._completions: list[tuple[str, Completion]] = []
+        self._completion_seq = 0
+        self._completions_changed = asyncio.Event()
+        # group -> (next index to deliver, {id: (consumer, delivered_at)} pending)
+        self._groups: dict[str, tuple[int, dict[str, tuple[str, float]]]] = {}
+        #: A pending completion older than this is handed to another consumer.
+        self.claim_after_s = 30.0
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for key in [k for k, s in self._streams.items() if s.expires_at and s.expires_at < now]:
+            del self._streams[key]
+        for key in [k for k, t in self._cancelled.items() if t < now]:
+            del self._cancelled[key]
+
+    def _next_id(self, stream: _Stream) -> str:
+        ms = int(time.time() * 1000)
+        last_ms, last_seq = stream.last
+        stream.last = (ms, 0) if ms > last_ms else (last_ms, last_seq + 1)
+        return f"{stream.last[0]}-{stream.last[1]}"
+
+    async def append(self, request_id: str, events: Sequence[StreamEvent]) -> str:
+        self._expire()
+        stream = self._streams.setdefault(request_id, _Stream())
+        last = ""
+        for event in events:
+            last = self._next_id(stream)
+            stream.entries.append((last, event))
+            if event.final:
+                stream.expires_at = time.monotonic() + self.ttl_s
+        del stream.entries[: max(0, len(stream.entries) - self.maxlen)]
+        stream.changed.set()
+        stream.changed = asyncio.Event()
+        return last
+
+    def _after(self, stream: _Stream, after: str | None) -> list[Entry]:
+        if after is None:
+            return list(stream.entries)
+        pos = parse_id(after)
+        return [e for e in stream.entries if parse_id(e[0]) > pos]
+
+    async def read(
+        self, request_id: str, after: str | None = None, *, timeout_s: float = 0.0
+    ) -> list[Entry]:
+        stream = self._streams.setdefault(request_id, _Stream())
+        entries = self._after(stream, after)
+        if entries or timeout_s <= 0:
+            return entries
+        try:
+            await asyncio.wait_for(stream.changed.wait(), timeout_s)
+        except TimeoutError:
+            return []
+        return self._after(stream, after)
+
+    async def cancel(self, request_id: str) -> None:
+        self._cancelled[request_id] = time.monotonic() + self.ttl_s
+
+    async def is_cancelled(self, request_id: str) -> bool:
+        return request_id in self._cancelled
+
+    async def publish_completion(self, completion: Completion) -> None:
+        self._completion_seq += 1
+        self._completions.append((f"{self._completion_seq}-0", completion))
+        self._completions_changed.set()
+        self._completions_changed = asyncio.Event()
+
+    async def read_completions(
+        self, group: str, consumer: str, *, count: int = 32, timeout_s: float = 1.0
+    ) -> list[tuple[str, Completion]]:
+        index, pending = self._groups.setdefault(group, (0, {}))
+        now = time.monotonic()
+        out: list[tuple[str, Completion]] = []
+        by_id = dict(self._completions)
+        for cid, (_owner, at) in list(pending.items()):
+            if now - at >= self.claim_after_s and len(out) < count:
+                pending[cid] = (consumer, now)
+                out.append((cid, by_id[cid]))
+        if not out and index >= len(self._completions) and timeout_s > 0:
+            try:
+                await asyncio.wait_for(self._completions_changed.wait(), timeout_s)
+            except TimeoutError:
+                return []
+            index, pending = self._groups[group]
+        new = self._completions[index : index + count - len(out)]
+        for cid, _ in new:
+            pending[cid] = (consumer, time.monotonic())
+        self._groups[group] = (index + len(new), pending)
+        return out + new
+
+    async def ack_completion(self, group: str, completion_id: str) -> None:
+        _, pending = self._groups.get(group, (0, {}))
+        pending.pop(completion_id, None)

@@ -1,0 +1,61 @@
+"""The engine interface: an async generator of text pieces for one request."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from axon.core.types import ChatMessage, FinishReason, SamplingParams
+
+
+@dataclass(slots=True)
+class Chunk:
+    """A piece of generated text.
+
+    ``finish_reason`` is set on the last chunk only; that chunk may have empty text.
+    ``prompt_tokens`` is set on the first chunk (or the last) when the engine knows it.
+    """
+
+    text: str
+    tokens: int = 1
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int | None = None
+
+
+class Engine(abc.ABC):
+    """One model on one inference backend.
+
+    Implementations accept many concurrent ``generate`` calls. Closing the returned
+    iterator early (``aclose``) cancels the generation: the engine must stop spending
+    decode steps on it promptly.
+    """
+
+    #: The model name this engine serves (as listed by ``/v1/models``).
+    model: str
+    #: Prompt plus completion tokens one sequence can hold.
+    context_window: int
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Load the model. Raise ``ConfigError`` naming the fix when it cannot be loaded."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the model and its threads."""
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    @abc.abstractmethod
+    def generate(
+        self,
+        messages: Sequence[ChatMessage],
+        params: SamplingParams,
+        *,
+        prefix: str = "",
+    ) -> AsyncIterator[Chunk]:
+        """Stream the assistant's reply to ``messages``.
+
+        ``prefix`` is assistant text already produced (by a worker that died mid-reply):
+        the engine continues after it, and yields only the new text.
+        """

@@ -1,0 +1,121 @@
+"""The worker process's main loop: consume up to capacity, run each job, and turn
+dead-lettered jobs into error events their clients can see."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from axon.config import StreamSettings
+from axon.core.errors import JobFailed
+from axon.queue.base import Delivery, JobQueue
+from axon.streaming.base import TokenStreams
+from axon.worker.engines.base import Engine
+from axon.worker.job import Progress, finish, run_job
+from axon.observability import metrics
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    """Runs jobs for one model. Never holds more jobs than ``capacity``: the queue's
+    prefetch is the capacity, and a job is acknowledged only after its final event."""
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        queue: JobQueue,
+        streams: TokenStreams,
+        settings: StreamSettings,
+        capacity: int,
+        delivery_limit: int,
+    ) -> None:
+        self.engine = engine
+        self.queue = queue
+        self.streams = streams
+        self.settings = settings
+        self.capacity = capacity
+        self.delivery_limit = delivery_limit
+        self._jobs: set[asyncio.Task[None]] = set()
+        self._loops: list[asyncio.Task[None]] = []
+
+    @property
+    def running(self) -> int:
+        return len(self._jobs)
+
+    async def start(self) -> None:
+        metrics.WORKER_CAPACITY.labels(self.engine.model).set(self.capacity)
+        self._loops = [
+            asyncio.create_task(self._consume(), name="worker-consume"),
+            asyncio.create_task(self._dead_letters(), name="worker-dead-letters"),
+        ]
+
+    async def _consume(self) -> None:
+        model = self.engine.model
+        async for delivery in self.queue.consume(model, prefetch=self.capacity):
+            task = asyncio.create_task(self._run(delivery))
+            self._jobs.add(task)
+            metrics.RUNNING_SEQUENCES.labels(model).set(len(self._jobs))
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._jobs.discard(task)
+        metrics.RUNNING_SEQUENCES.labels(self.engine.model).set(len(self._jobs))
+
+    async def _run(self, delivery: Delivery) -> None:
+        try:
+            await run_job(
+                delivery.job,
+                delivery,
+                engine=self.engine,
+                streams=self.streams,
+                settings=self.settings,
+                delivery_limit=self.delivery_limit,
+            )
+        except asyncio.CancelledError:
+            # Shutting down: leave the job unacknowledged so the queue redelivers it and
+            # the next worker continues the stream from where this one stopped.
+            raise
+        except Exception:
+            # One bad job must never take the worker down; the queue retries it and
+            # dead-letters it past the delivery limit.
+            log.exception("job failed unexpectedly; handing it back")
+            with contextlib.suppress(Exception):
+                await delivery.retry()
+
+    async def _dead_letters(self) -> None:
+        async for delivery in self.queue.dead_letters(self.engine.model):
+            job = delivery.job
+            log.error(
+                "job dead-lettered after repeated failures", extra={"request_id": job.request_id}
+            )
+            try:
+                existing = await self.streams.read(job.request_id)
+                if not any(event.final for _, event in existing):
+                    progress = Progress(
+                        prefix="".join(e.text for _, e in existing),
+                        prefix_tokens=sum(e.tokens for _, e in existing),
+                    )
+                    error = JobFailed(
+                        f"the request failed {delivery.attempt} times and was given up on"
+                    )
+                    await finish(job, self.streams, progress, error)
+                metrics.JOBS_FINISHED.labels(job.model, "dead").inc()
+                await delivery.ack()
+            except Exception:
+                log.exception("could not report a dead-lettered job")
+                await delivery.retry()
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Stop taking jobs, let running ones finish within ``grace_s``, then hand the
+        rest back to the queue."""
+        for loop in self._loops:
+            loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        if self._jobs:
+            _, pending = await asyncio.wait(set(self._jobs), timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
