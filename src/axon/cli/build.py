@@ -147,8 +147,11 @@ def engine(settings: Settings) -> Engine:
     )
 
 
-def model_info(settings: Settings) -> ModelInfo:
-    """What the session manager knows of the model: no weights, only the tokenizer."""
+def model_info(settings: Settings, engine: Engine | None = None) -> ModelInfo:
+    """What the session manager knows of the model: no weights, only the tokenizer.
+    In one process it shares the engine's; elsewhere it loads the vocabulary alone."""
+    if engine is not None:
+        return ModelInfo(engine.model, engine.context_window, engine.tokenizer)
     e = settings.engine
     if e.kind == "fake":
         from axon.models.fake import FakeTokenizer

@@ -16,6 +16,7 @@ from axon.config import Settings
 from axon.gateway.app import create_app
 from axon.gateway.services import Services
 from axon.sessions.manager import SessionManager
+from axon.worker.engines.base import Engine
 from axon.worker.runner import Worker
 
 log = logging.getLogger(__name__)
@@ -41,10 +42,11 @@ def announce(settings: Settings, role: str) -> None:
     print(f"axon {role} ready at {url}", file=sys.stderr, flush=True)
 
 
-async def serve_embedded(settings: Settings) -> None:
-    """Every role in one process on the embedded backends (``axon serve``)."""
+async def embedded_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
+    """Every role in one app on the embedded backends. The engine is loaded, and the
+    worker started, by the app's lifespan."""
     backends = build.Backends(settings)
-    engine = build.engine(settings)
+    engine = engine or build.engine(settings)
     store = await backends.store(migrate=True)
     queue = await backends.queue()
     streams = backends.streams()
@@ -54,7 +56,7 @@ async def serve_embedded(settings: Settings) -> None:
         cache=backends.cache(),
         queue=queue,
         streams=streams,
-        models={engine.model: build.model_info(settings)},
+        models={engine.model: build.model_info(settings, engine)},
     )
     worker = Worker(
         engine=engine,
@@ -91,4 +93,9 @@ async def serve_embedded(settings: Settings) -> None:
             await engine.close()
             await backends.close()
 
-    await serve_http(create_app(services, lifespan), settings)
+    return create_app(services, lifespan)
+
+
+async def serve_embedded(settings: Settings) -> None:
+    """``axon serve``."""
+    await serve_http(await embedded_app(settings), settings)

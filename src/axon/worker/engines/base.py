@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from axon.core.types import ChatMessage, FinishReason, SamplingParams
+from axon.models.base import Tokenizer
 
 
 @dataclass(slots=True)
@@ -45,6 +46,12 @@ class Engine(abc.ABC):
     @property
     def ready(self) -> bool:
         return True
+
+    @property
+    @abc.abstractmethod
+    def tokenizer(self) -> Tokenizer:
+        """Counts prompt tokens exactly as this engine will (shared with the session
+        manager when both run in one process)."""
 
     @abc.abstractmethod
     def generate(

@@ -31,11 +31,15 @@ class FakeEngine(Engine):
         self.tokens_per_second = tokens_per_second
         self.reply_tokens = reply_tokens
         self.default_max_tokens = default_max_tokens
-        self.tokenizer = FakeTokenizer()
+        self._tokenizer = FakeTokenizer()
         #: Prompts seen, newest last: tests assert on what the engine was asked.
         self.prompts: list[list[ChatMessage]] = []
         #: Decode steps spent, all requests together (cancellation tests watch it stop).
         self.steps = 0
+
+    @property
+    def tokenizer(self) -> FakeTokenizer:
+        return self._tokenizer
 
     def reply_words(self, messages: Sequence[ChatMessage]) -> list[str]:
         last_user = next((m.content for m in reversed(messages) if m.role == "user"), "")
