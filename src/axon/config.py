@@ -41,6 +41,22 @@ class ServerSettings(BaseModel):
     )
 
 
+class GatewaySettings(BaseModel):
+    upstreams: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Session-manager base URLs `axon gateway` forwards to; empty runs the session "
+            "manager inside the gateway process."
+        ),
+    )
+    upstream_connect_timeout_s: float = Field(
+        2.0, description="Longest the gateway waits to connect to a session manager."
+    )
+    upstream_pool_size: int = Field(
+        200, description="Keep-alive connections the gateway holds to its session managers."
+    )
+
+
 class EngineSettings(BaseModel):
     kind: Literal["llamacpp", "fake"] = Field(
         "llamacpp", description="Inference engine: `llamacpp` (CPU, GGUF) or `fake` (tests)."
@@ -139,6 +155,7 @@ class Settings(BaseSettings):
     )
     service: str = Field("axon", description="Service name in logs and metrics.")
     server: ServerSettings = Field(default_factory=ServerSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     stream: StreamSettings = Field(default_factory=StreamSettings)
@@ -161,6 +178,14 @@ class Settings(BaseSettings):
         if config_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
         return tuple(sources)
+
+    def with_shared_backends(self) -> Settings:
+        """The production backends (RabbitMQ, Redis) for every seam not set explicitly:
+        the separate roles only work together through shared services."""
+        chosen = self.backends.model_fields_set
+        shared = {"queue": "rabbitmq", "streams": "redis", "cache": "redis", "ratelimit": "redis"}
+        update = {k: v for k, v in shared.items() if k not in chosen}
+        return self.model_copy(update={"backends": self.backends.model_copy(update=update)})
 
     @property
     def store_url(self) -> str:

@@ -53,6 +53,16 @@ async def test_tokenizer_count_matches_engine_for_a_conversation(engine: LlamaCp
     assert "You are a helpful AI assistant" not in prompt  # a system message replaces it
 
 
+async def test_multibyte_characters_are_never_split(engine: LlamaCppEngine) -> None:
+    # Each of these emoji takes several tokens; max_tokens cuts the last one in half.
+    prompt = [ChatMessage(role="user", content="Reply with three emoji.")]
+    chunks = await collect(engine, prompt, SamplingParams(temperature=0.0, max_tokens=40))
+
+    assert any(c.tokens > 1 and not c.text.isascii() for c in chunks)
+    assert all("\ufffd" not in c.text for c in chunks)
+    assert sum(c.tokens for c in chunks) == 40
+
+
 async def test_max_tokens_is_respected(engine: LlamaCppEngine) -> None:
     chunks = await collect(engine, STORY, SamplingParams(temperature=0.0, max_tokens=5))
 
@@ -192,6 +202,24 @@ async def test_prompt_longer_than_context_window_is_refused(model_path: Path) ->
         assert chunks[0].prompt_tokens + sum(c.tokens for c in chunks) <= 256
     finally:
         await small.close()
+
+
+async def test_close_stops_running_and_waiting_generations(model_path: Path) -> None:
+    own = LlamaCppEngine("smollm2", model_path, context_window=512, threads=0, default_max_tokens=8)
+    await own.start()
+    running = own.generate(STORY, SamplingParams(temperature=0.0, max_tokens=400))
+    await anext(running)
+    waiting = asyncio.create_task(collect(own, COUNT, GREEDY))
+    await asyncio.sleep(0.05)
+
+    await own.close()
+
+    assert not own.ready
+    with pytest.raises(EngineError):
+        async for _ in running:
+            pass
+    with pytest.raises(EngineError):
+        await waiting
 
 
 async def test_missing_model_file_is_a_config_error(tmp_path: Path) -> None:

@@ -17,6 +17,19 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run every role in one process (embedded backends)")
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
+    for role, text in (
+        ("gateway", "run a gateway (forwards to session managers, or runs one inside)"),
+        ("session-manager", "run a session manager (on PostgreSQL, Redis and RabbitMQ)"),
+        ("worker", "run an inference worker (consumes jobs from RabbitMQ)"),
+    ):
+        p = sub.add_parser(role, help=text)
+        p.add_argument("--host", help="bind address (default 127.0.0.1)")
+        p.add_argument("--port", type=int, help="port (default 8000)")
+    up = sub.add_parser("up", help="launch the whole distributed stack on this machine")
+    up.add_argument("--gateways", type=int, default=1)
+    up.add_argument("--session-managers", type=int, default=1)
+    up.add_argument("--workers", type=int, default=1)
+    up.add_argument("--base-port", type=int, default=8000, help="first port to use")
     chat = sub.add_parser("chat", help="chat in the terminal with a running server")
     chat.add_argument("--url", default="http://127.0.0.1:8000", help="server URL")
     chat.add_argument("--session", help="continue this session id")
@@ -37,6 +50,18 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
+async def _run_role(role: str, settings: Settings) -> None:
+    from axon.cli import roles
+    from axon.cli.run import serve_http
+
+    if role == "worker":
+        await roles.run_worker(settings)
+    elif role == "gateway":
+        await serve_http(await roles.gateway_app(settings), settings)
+    else:
+        await serve_http(await roles.session_manager_app(settings, edge=False), settings)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.command == "chat":
@@ -54,6 +79,12 @@ def main(argv: list[str] | None = None) -> None:
             from axon.cli.run import serve_embedded
 
             asyncio.run(serve_embedded(settings))
+        elif args.command in ("gateway", "session-manager", "worker"):
+            asyncio.run(_run_role(args.command, settings.with_shared_backends()))
+        elif args.command == "up":
+            from axon.cli.up import run_up
+
+            sys.exit(run_up(args, settings))
         elif args.command == "db":
             from axon.sessions.migrate import upgrade_sync
 

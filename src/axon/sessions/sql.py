@@ -259,3 +259,23 @@ class SqlSessionStore(SessionStore):
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+async def ensure_database(url: str) -> None:
+    """Create the PostgreSQL database ``url`` names if it does not exist (SQLite files are
+    created on first use). Connects to the server's ``postgres`` database to do so."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() != "postgresql" or not parsed.database:
+        return
+    admin = create_async_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as conn:
+            exists = await conn.scalar(
+                sa.text("SELECT 1 FROM pg_database WHERE datname = :name"),
+                {"name": parsed.database},
+            )
+            if not exists:
+                quoted = admin.dialect.identifier_preparer.quote(parsed.database)
+                await conn.execute(sa.text(f"CREATE DATABASE {quoted}"))
+    finally:
+        await admin.dispose()

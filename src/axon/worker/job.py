@@ -77,6 +77,8 @@ async def run_job(
         await delivery.retry()
         metrics.JOBS_FINISHED.labels(job.model, "retried").inc()
         return
+    finally:
+        gen.cancel()  # the job itself was cancelled (shutdown): stop generating too
     if (
         isinstance(error, EngineError)
         and progress.tokens == 0
@@ -160,10 +162,10 @@ async def _generate(
             if chunk.finish_reason is not None:
                 progress.finish = chunk.finish_reason
                 break
-        if batch:
-            await flush()
     finally:
         await stream.aclose()
+        if batch:  # also when cancelled or failed: the final text must match the stream
+            await flush()
 
 
 async def finish(

@@ -112,7 +112,6 @@ async def take(queue: MemoryJobQueue) -> Delivery:
     """The next delivery of the test model, as a worker would receive it."""
     deliveries = queue.consume(MODEL, prefetch=1)
     delivery = await asyncio.wait_for(anext(deliveries), 5)
-    await deliveries.aclose()
     return delivery
 
 

@@ -9,11 +9,13 @@ from pathlib import Path
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 
-from axon.gateway.services import Services
+from axon.gateway.services import Check
 from axon.observability import metrics
 
 log = logging.getLogger(__name__)
 router = APIRouter()
+#: The web chat page, served by the processes clients talk to.
+web = APIRouter()
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
 #: A readiness check slower than this counts as failed: a probe must answer promptly.
@@ -29,9 +31,9 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", tags=["ops"])
 async def readyz(request: Request) -> JSONResponse:
     """Readiness: every dependency this process needs answers (model loaded, store...)."""
-    services: Services = request.app.state.services
+    checks: dict[str, Check] = request.app.state.checks
     results: dict[str, str] = {}
-    for name, check in services.checks.items():
+    for name, check in checks.items():
         try:
             await asyncio.wait_for(check(), CHECK_TIMEOUT_S)
             results[name] = "ok"
@@ -50,6 +52,6 @@ async def prometheus() -> Response:
     return Response(body, media_type=content_type)
 
 
-@router.get("/", include_in_schema=False)
+@web.get("/", include_in_schema=False)
 async def index() -> FileResponse:
     return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})

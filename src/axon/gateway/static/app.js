@@ -102,8 +102,14 @@ function renderSessions() {
     const open = document.createElement("button");
     open.type = "button";
     open.className = "session-open";
-    open.textContent = sessionLabel(s);
-    open.title = new Date(s.updated_at || s.created_at).toLocaleString();
+    const when = document.createElement("time");
+    when.dateTime = s.updated_at || s.created_at;
+    when.textContent = new Date(when.dateTime).toLocaleString([], {
+      month: "short", day: "numeric", hour: "2-digit", minute: "2-digit",
+    });
+    const label = document.createElement("span");
+    label.textContent = sessionLabel(s);
+    open.append(label, when);
     if (s.id === state.currentId) open.setAttribute("aria-current", "true");
     open.addEventListener("click", () => selectSession(s.id));
 
@@ -213,12 +219,20 @@ async function selectSession(id) {
   }
 }
 
-async function createSession() {
-  const session = await api("/v1/sessions", { method: "POST", json: {} });
+// Sessions are created by their first message, so they are titled and never empty.
+async function createSession(firstMessage) {
+  const title = firstMessage.split("\n")[0].slice(0, 60);
+  const session = await api("/v1/sessions", { method: "POST", json: { title } });
   state.sessions.unshift(session);
   await selectSession(session.id);
-  ui.composer.focus();
   return session;
+}
+
+function newChat() {
+  showError("");
+  if (!state.gen) setStatus("");
+  clearChat();
+  ui.composer.focus();
 }
 
 async function deleteSession(id) {
@@ -234,7 +248,7 @@ async function sendMessage() {
   const content = ui.composer.value.trim();
   if (!content || state.gen) return;
   showError("");
-  if (!state.currentId) await createSession();
+  if (!state.currentId) await createSession(content);
   const sessionId = state.currentId;
   ui.composer.value = "";
   const userEl = messageEl("user", content);
@@ -343,7 +357,7 @@ ui.composer.addEventListener("keydown", (e) => {
   }
 });
 ui.stop.addEventListener("click", () => report(stopGeneration()));
-ui.newSession.addEventListener("click", () => report(createSession()));
+ui.newSession.addEventListener("click", newChat);
 ui.more.addEventListener("click", () => report(loadSessions(true)));
 
 function initialSession() {

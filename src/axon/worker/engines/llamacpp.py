@@ -110,6 +110,7 @@ class LlamaCppEngine(Engine):
         self._executor: ThreadPoolExecutor | None = None
         self._lock = asyncio.Lock()
         self._running: _Job | None = None
+        self._closing = False
 
     @property
     def tokenizer(self) -> GgufTokenizer:
@@ -125,6 +126,7 @@ class LlamaCppEngine(Engine):
     async def start(self) -> None:
         if self._llm is not None:
             return
+        self._closing = False
         started = time.perf_counter()
         self._tokenizer = await asyncio.to_thread(lambda: self.tokenizer)
         self._llm = await asyncio.to_thread(self._load)
@@ -159,6 +161,8 @@ class LlamaCppEngine(Engine):
             ) from exc
 
     async def close(self) -> None:
+        # Generations queued behind the lock fail instead of running on a closing engine.
+        self._closing = True
         if self._running is not None:
             self._running.cancelled = True
         async with self._lock:  # waits for the running generation's thread to finish
@@ -203,7 +207,7 @@ class LlamaCppEngine(Engine):
         # Waiters cancelled here never reach the thread.
         await self._lock.acquire()
         try:
-            if self._executor is None:
+            if self._executor is None or self._closing:
                 raise EngineError("The llamacpp engine is closed.")
             running = job.loop.run_in_executor(self._executor, self._decode, job)
         except BaseException:
@@ -288,8 +292,6 @@ class LlamaCppEngine(Engine):
                 unsent = 0
             if left <= 0:
                 break
-        # At the end a partial stop sequence is just text; an incomplete character is
-        # replaced rather than dropped.
-        text, stopped = stops.feed(decoder.decode(b"", final=True))
-        tail = text if stopped else text + stops.flush()
-        job.send(Chunk(tail, unsent, FinishReason.STOP if stopped else finish))
+        # At the end a partial stop sequence is just text, but the bytes of a character cut
+        # off by max_tokens are dropped: a reply should not end in U+FFFD.
+        job.send(Chunk(stops.flush(), unsent, finish))

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole test suite, from a clean checkout: installs what it needs (Python packages,
+# Chromium, PostgreSQL/Redis/RabbitMQ when missing), then lint, types, import contracts
+# and every test, end-to-end and browser tests included.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
+bash scripts/install-chromium.sh
+bash scripts/services.sh
+
+echo "== ruff"
+ruff check src tests benchmarks
+ruff format --check src tests benchmarks
+echo "== mypy --strict"
+mypy
+echo "== import contracts"
+lint-imports
+echo "== pytest"
+python3 -m pytest "$@"

@@ -1,0 +1,110 @@
+"""The distributed roles, one per process: ``axon gateway``, ``axon session-manager`` and
+``axon worker``. They share PostgreSQL, Redis and RabbitMQ, so any replica of a role can
+stand in for any other."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from axon.cli import build
+from axon.cli.run import announce, serve_http
+from axon.config import Settings
+from axon.gateway.app import create_app, create_gateway_app, create_ops_app
+from axon.gateway.proxy import Upstreams
+from axon.gateway.services import Services
+from axon.sessions.manager import SessionManager
+from axon.worker.runner import Worker
+
+
+async def session_manager_app(settings: Settings, *, edge: bool) -> FastAPI:
+    """The API with a session manager inside: ``axon session-manager`` (behind gateways,
+    ``edge=False``) or ``axon gateway`` without upstreams (co-located, ``edge=True``)."""
+    backends = build.Backends(settings)
+    store = await backends.store(migrate=False)
+    queue = await backends.queue()
+    streams = backends.streams()
+    manager = SessionManager(
+        settings=settings,
+        store=store,
+        cache=backends.cache(),
+        queue=queue,
+        streams=streams,
+        models={settings.engine.model: build.model_info(settings)},
+    )
+    services = Services(
+        settings=settings,
+        manager=manager,
+        limiter=backends.limiter(),
+        checks={"store": store.ping, "queue": queue.ping, "streams": streams.ping},
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        consumer = asyncio.create_task(manager.consume_completions())
+        announce(settings, "session-manager" if not edge else "gateway")
+        try:
+            yield
+        finally:
+            consumer.cancel()
+            await asyncio.gather(consumer, return_exceptions=True)
+            await backends.close()
+
+    return create_app(services, lifespan, edge=edge)
+
+
+async def gateway_app(settings: Settings) -> FastAPI:
+    if not settings.gateway.upstreams:
+        return await session_manager_app(settings, edge=True)
+    backends = build.Backends(settings)
+    upstreams = Upstreams(settings.gateway)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        announce(settings, "gateway")
+        try:
+            yield
+        finally:
+            await upstreams.close()
+            await backends.close()
+
+    return create_gateway_app(settings, upstreams, backends.limiter(), lifespan)
+
+
+async def run_worker(settings: Settings) -> None:
+    """Consume jobs until SIGTERM, then stop taking new ones and hand back what is left.
+    Serves ``/healthz``, ``/readyz`` and ``/metrics`` on the configured port."""
+    backends = build.Backends(settings)
+    engine = build.engine(settings)
+    queue = await backends.queue()
+    streams = backends.streams()
+    worker = Worker(
+        engine=engine,
+        queue=queue,
+        streams=streams,
+        settings=settings.stream,
+        capacity=settings.engine.capacity,
+        delivery_limit=settings.queue.delivery_limit,
+    )
+
+    async def model_loaded() -> None:
+        if not engine.ready:
+            raise RuntimeError("model not loaded")
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await engine.start()
+        await worker.start()
+        announce(settings, "worker")
+        try:
+            yield
+        finally:
+            await worker.stop()
+            await engine.close()
+            await backends.close()
+
+    checks = {"model": model_loaded, "queue": queue.ping, "streams": streams.ping}
+    await serve_http(create_ops_app(checks, lifespan), settings)

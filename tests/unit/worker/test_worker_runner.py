@@ -1,0 +1,352 @@
+"""The worker's main loop: capacity, retries, dead letters and shutdown — over the
+in-memory queue and streams with the fake engine."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+
+import pytest
+
+from axon.config import StreamSettings
+from axon.core.errors import Unavailable
+from axon.core.ids import new_id
+from axon.core.types import (
+    ChatMessage,
+    Completion,
+    EventKind,
+    FinishReason,
+    Job,
+    SamplingParams,
+    StreamEvent,
+)
+from axon.queue.base import Delivery
+from axon.queue.memory import MemoryJobQueue
+from axon.streaming.memory import MemoryTokenStreams
+from axon.worker.engines.base import Chunk
+from axon.worker.engines.fake import FakeEngine
+from axon.worker.runner import Worker
+
+MODEL = "fake"
+DELIVERY_LIMIT = 3
+
+StartWorker = Callable[..., Awaitable[Worker]]
+
+
+class GatedEngine(FakeEngine):
+    """Holds every generation before its first token until ``release`` is set, and
+    counts how many generations are open at once."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.release = asyncio.Event()
+        self.active = 0
+        self.max_active = 0
+
+    async def generate(
+        self, messages: Sequence[ChatMessage], params: SamplingParams, *, prefix: str = ""
+    ) -> AsyncIterator[Chunk]:
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        try:
+            await self.release.wait()
+            async for chunk in super().generate(messages, params, prefix=prefix):
+                yield chunk
+        finally:
+            self.active -= 1
+
+
+class FlakyEngine(FakeEngine):
+    """Raises before its first token on the first ``fail_times`` calls, then works."""
+
+    def __init__(self, fail_times: int, error: Exception, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.fail_times = fail_times
+        self.error = error
+        self.calls = 0
+
+    async def generate(
+        self, messages: Sequence[ChatMessage], params: SamplingParams, *, prefix: str = ""
+    ) -> AsyncIterator[Chunk]:
+        self.calls += 1
+        if self.calls <= self.fail_times:
+            raise self.error
+        async for chunk in super().generate(messages, params, prefix=prefix):
+            yield chunk
+
+
+class RecordingQueue(MemoryJobQueue):
+    """Remembers every delivery it hands out, so a test can act as the broker does when a
+    consumer goes away: return the unacknowledged ones to the queue."""
+
+    def __init__(self, delivery_limit: int) -> None:
+        super().__init__(delivery_limit=delivery_limit)
+        self.handed_out: list[Delivery] = []
+
+    async def consume(self, model: str, prefetch: int) -> AsyncIterator[Delivery]:
+        async for delivery in super().consume(model, prefetch):
+            self.handed_out.append(delivery)
+            yield delivery
+
+    async def requeue_unacknowledged(self) -> int:
+        returned = 0
+        for delivery in self.handed_out:
+            try:
+                await delivery.retry()
+            except RuntimeError:  # settled already (acked or retried)
+                continue
+            returned += 1
+        return returned
+
+
+def make_job(content: str = "hello") -> Job:
+    return Job(
+        request_id=new_id("req"),
+        model=MODEL,
+        messages=[ChatMessage(role="user", content=content)],
+        params=SamplingParams(),
+        session_id="sess_test",
+        deadline=time.time() + 60,
+    )
+
+
+async def eventually(predicate: Callable[[], bool], *, within_s: float = 5.0) -> None:
+    """Wait until ``predicate`` holds (a guard against hanging, not a timing assertion)."""
+    give_up = time.monotonic() + within_s
+    while not predicate():
+        if time.monotonic() > give_up:
+            raise AssertionError("condition never became true")
+        await asyncio.sleep(0.01)
+
+
+async def final_event(streams: MemoryTokenStreams, request_id: str) -> StreamEvent:
+    give_up = time.monotonic() + 10
+    while time.monotonic() < give_up:
+        finals = [e for _, e in await streams.read(request_id) if e.final]
+        if finals:
+            return finals[0]
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"no final event on {request_id}")
+
+
+async def events(streams: MemoryTokenStreams, request_id: str) -> list[StreamEvent]:
+    return [e for _, e in await streams.read(request_id)]
+
+
+async def completions(streams: MemoryTokenStreams) -> list[Completion]:
+    return [c for _, c in await streams.read_completions("tests", "t1", timeout_s=0)]
+
+
+@pytest.fixture
+def streams() -> MemoryTokenStreams:
+    return MemoryTokenStreams()
+
+
+@pytest.fixture
+def queue() -> RecordingQueue:
+    return RecordingQueue(delivery_limit=DELIVERY_LIMIT)
+
+
+@pytest.fixture
+async def start_worker(
+    queue: RecordingQueue, streams: MemoryTokenStreams
+) -> AsyncIterator[StartWorker]:
+    workers: list[Worker] = []
+
+    async def start(engine: FakeEngine, *, capacity: int = 4) -> Worker:
+        worker = Worker(
+            engine=engine,
+            queue=queue,
+            streams=streams,
+            settings=StreamSettings(),
+            capacity=capacity,
+            delivery_limit=DELIVERY_LIMIT,
+        )
+        await worker.start()
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        await worker.stop(grace_s=1)
+
+
+async def test_the_worker_runs_every_published_job_to_a_done_event(
+    start_worker: StartWorker, queue: RecordingQueue, streams: MemoryTokenStreams
+) -> None:
+    engine = FakeEngine(reply_tokens=6)
+    await start_worker(engine)
+    jobs = [make_job(f"question {i}") for i in range(3)]
+
+    for job in jobs:
+        await queue.publish(job)
+
+    for i, job in enumerate(jobs):
+        done = await final_event(streams, job.request_id)
+        assert done.kind is EventKind.DONE
+        assert done.text.startswith(f"You said: question {i} ")
+    assert queue.pending(MODEL) == 0
+    assert sorted(c.request_id for c in await completions(streams)) == sorted(
+        j.request_id for j in jobs
+    )
+
+
+async def test_the_worker_never_runs_more_jobs_than_its_capacity(
+    start_worker: StartWorker, queue: RecordingQueue, streams: MemoryTokenStreams
+) -> None:
+    engine = GatedEngine(reply_tokens=4)
+    worker = await start_worker(engine, capacity=2)
+    jobs = [make_job(f"q{i}") for i in range(5)]
+    for job in jobs:
+        await queue.publish(job)
+
+    await eventually(lambda: engine.active == 2)
+    await asyncio.sleep(0.2)  # room to over-consume, if the worker were going to
+    assert engine.active == 2
+    assert worker.running == 2
+    assert queue.pending(MODEL) == 3
+
+    engine.release.set()
+    for job in jobs:
+        assert (await final_event(streams, job.request_id)).kind is EventKind.DONE
+    assert engine.max_active == 2
+    assert queue.pending(MODEL) == 0
+
+
+async def test_a_job_whose_engine_fails_once_succeeds_on_redelivery(
+    start_worker: StartWorker, queue: RecordingQueue, streams: MemoryTokenStreams
+) -> None:
+    engine = FlakyEngine(1, RuntimeError("CUDA error"), reply_tokens=6)
+    await start_worker(engine)
+    job = make_job("again")
+
+    await queue.publish(job)
+
+    done = await final_event(streams, job.request_id)
+    assert done.kind is EventKind.DONE
+    assert done.text == "".join(engine.reply_words(job.messages))
+    assert engine.calls == 2
+    assert [d.attempt for d in queue.handed_out] == [1, 2]
+    assert [e for e in await events(streams, job.request_id) if e.final] == [done]
+
+
+async def test_a_job_that_keeps_failing_is_dead_lettered_and_its_client_told(
+    start_worker: StartWorker, queue: RecordingQueue, streams: MemoryTokenStreams
+) -> None:
+    # An engine whose backend is unreachable hands every delivery back; past the
+    # delivery limit the queue gives up and the dead-letter loop reports it.
+    engine = FlakyEngine(100, Unavailable("the inference server is unreachable"))
+    await start_worker(engine)
+    job = make_job()
+
+    await queue.publish(job)
+
+    error = await final_event(streams, job.request_id)
+    assert error.kind is EventKind.ERROR
+    assert error.error_code == "job_failed"
+    assert error.finish_reason is FinishReason.ERROR
+    assert engine.calls == DELIVERY_LIMIT
+    [completion] = await completions(streams)
+    assert completion.request_id == job.request_id
+    assert completion.session_id == "sess_test"
+    assert completion.finish_reason is FinishReason.ERROR
+    assert completion.error_code == "job_failed"
+    assert queue.pending(MODEL) == 0
+
+
+async def test_a_dead_letter_keeps_the_text_a_worker_streamed_before_failing(
+    start_worker: StartWorker, queue: RecordingQueue, streams: MemoryTokenStreams
+) -> None:
+    engine = FlakyEngine(100, Unavailable("the inference server is unreachable"))
+    job = make_job()
+    await streams.append(job.request_id, [StreamEvent(kind=EventKind.TOKENS, text="Hal", tokens=1)])
+    await start_worker(engine)
+
+    await queue.publish(job)
+
+    error = await final_event(streams, job.request_id)
+    assert error.error_code == "job_failed"
+    assert error.text == "Hal"
+    [completion] = await completions(streams)
+    assert completion.text == "Hal"
+    assert completion.usage.completion_tokens == 1
+
+
+async def test_a_dead_letter_whose_stream_already_ended_adds_nothing(
+    start_worker: StartWorker, queue: RecordingQueue, streams: MemoryTokenStreams
+) -> None:
+    job = make_job()
+    finished = [StreamEvent(kind=EventKind.DONE, text="ok", finish_reason=FinishReason.STOP)]
+    await streams.append(job.request_id, finished)
+    await queue.publish(job)
+    deliveries = queue.consume(MODEL, prefetch=1)
+    delivery = await anext(deliveries)
+    await delivery.reject()  # now in the dead-letter queue
+
+    await start_worker(FakeEngine())
+    # A later job proves the dead-letter loop has had its turn.
+    marker = make_job()
+    await queue.publish(marker)
+    await final_event(streams, marker.request_id)
+    await asyncio.sleep(0.1)
+
+    assert await events(streams, job.request_id) == finished
+    assert [c.request_id for c in await completions(streams)] == [marker.request_id]
+
+
+async def test_stop_hands_unfinished_jobs_back_and_the_next_worker_continues(
+    start_worker: StartWorker, queue: RecordingQueue, streams: MemoryTokenStreams
+) -> None:
+    slow = FakeEngine(reply_tokens=40, tokens_per_second=50)
+    worker = await start_worker(slow, capacity=2)
+    job = make_job("long answer")
+    await queue.publish(job)
+    await eventually(lambda: slow.steps >= 3)
+
+    await worker.stop(grace_s=0.05)
+
+    assert worker.running == 0
+    before = await events(streams, job.request_id)
+    assert before
+    assert not any(e.final for e in before)
+    steps = slow.steps
+    await asyncio.sleep(0.2)
+    assert slow.steps == steps  # the stopped worker spends nothing more on it
+    assert await events(streams, job.request_id) == before
+    # The broker returns what the stopped worker never acknowledged.
+    assert await queue.requeue_unacknowledged() == 1
+
+    fast = FakeEngine(reply_tokens=40)
+    await start_worker(fast)
+
+    done = await final_event(streams, job.request_id)
+    words = "".join(fast.reply_words(job.messages))
+    evs = await events(streams, job.request_id)
+    assert done.kind is EventKind.DONE
+    assert done.text == words
+    assert "".join(e.text for e in evs if e.kind is EventKind.TOKENS) == words
+    assert done.usage is not None
+    assert done.usage.completion_tokens == 40
+
+
+async def test_stop_lets_jobs_finish_within_the_grace_period(
+    start_worker: StartWorker, queue: RecordingQueue, streams: MemoryTokenStreams
+) -> None:
+    engine = GatedEngine(reply_tokens=4)
+    worker = await start_worker(engine)
+    job = make_job()
+    await queue.publish(job)
+    await eventually(lambda: engine.active == 1)
+
+    stopping = asyncio.create_task(worker.stop(grace_s=10))
+    await asyncio.sleep(0.05)
+    engine.release.set()
+    await asyncio.wait_for(stopping, 10)
+
+    assert (await final_event(streams, job.request_id)).kind is EventKind.DONE
+    assert await queue.requeue_unacknowledged() == 0
+    # Stopped: a job published now is not taken.
+    await queue.publish(make_job())
+    await asyncio.sleep(0.1)
+    assert queue.pending(MODEL) == 1
