@@ -78,6 +78,11 @@ class EngineSettings(BaseModel):
     fake_tokens_per_second: float = Field(
         200.0, description="Speed of the `fake` engine (0 means as fast as possible)."
     )
+    fake_fail_marker: str | None = Field(
+        None,
+        description="The `fake` engine fails every request whose last message contains this "
+        "text (for failure tests).",
+    )
 
 
 class StoreSettings(BaseModel):

@@ -42,7 +42,10 @@ class Backends:
             redis_asyncio = _require("redis.asyncio", "distributed")
             self._redis = redis_asyncio.Redis.from_url(
                 self.settings.backends.redis_url,
-                # Redis carries every token: keep the path short and fail over quickly.
+                # Blocking stream reads wait up to 10 s, so reads may take that long; a
+                # dead server is still noticed within the connect timeout and keepalives.
+                socket_timeout=30,
+                socket_connect_timeout=5,
                 socket_keepalive=True,
                 health_check_interval=15,
             )
@@ -134,6 +137,7 @@ def engine(settings: Settings) -> Engine:
             context_window=e.context_window,
             tokens_per_second=e.fake_tokens_per_second,
             default_max_tokens=e.default_max_tokens,
+            fail_marker=e.fake_fail_marker,
         )
     from axon.models.gguf import default_model_path
     from axon.worker.engines.llamacpp import LlamaCppEngine

@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(run_up(args, settings))
         elif args.command == "db":
             from axon.sessions.migrate import upgrade_sync
+            from axon.sessions.sql import ensure_database
 
+            asyncio.run(ensure_database(settings.store_url))
             upgrade_sync(settings.store_url)
             print(f"schema up to date at {settings.store_url.split('@')[-1]}")
     except ConfigError as exc:

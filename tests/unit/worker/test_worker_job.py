@@ -331,7 +331,7 @@ async def test_a_deadline_passing_mid_reply_keeps_the_text_so_far_and_stops_the_
     queue: MemoryJobQueue, streams: MemoryTokenStreams
 ) -> None:
     engine = FakeEngine(reply_tokens=100_000, tokens_per_second=100)
-    job = make_job(deadline_in_s=0.3)
+    job = make_job(deadline_in_s=0.5)
 
     await publish_and_run(job, queue, engine, streams)
 

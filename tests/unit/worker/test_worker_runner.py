@@ -298,7 +298,7 @@ async def test_a_dead_letter_whose_stream_already_ended_adds_nothing(
 async def test_stop_hands_unfinished_jobs_back_and_the_next_worker_continues(
     start_worker: StartWorker, queue: RecordingQueue, streams: MemoryTokenStreams
 ) -> None:
-    slow = FakeEngine(reply_tokens=40, tokens_per_second=50)
+    slow = FakeEngine(reply_tokens=200, tokens_per_second=50)
     worker = await start_worker(slow, capacity=2)
     job = make_job("long answer")
     await queue.publish(job)
@@ -317,7 +317,7 @@ async def test_stop_hands_unfinished_jobs_back_and_the_next_worker_continues(
     # The broker returns what the stopped worker never acknowledged.
     assert await queue.requeue_unacknowledged() == 1
 
-    fast = FakeEngine(reply_tokens=40)
+    fast = FakeEngine(reply_tokens=200)
     await start_worker(fast)
 
     done = await final_event(streams, job.request_id)
@@ -327,7 +327,7 @@ async def test_stop_hands_unfinished_jobs_back_and_the_next_worker_continues(
     assert done.text == words
     assert "".join(e.text for e in evs if e.kind is EventKind.TOKENS) == words
     assert done.usage is not None
-    assert done.usage.completion_tokens == 40
+    assert done.usage.completion_tokens == 200
 
 
 async def test_stop_lets_jobs_finish_within_the_grace_period(

@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 
+from axon.core.errors import EngineError
 from axon.core.types import ChatMessage, FinishReason, SamplingParams
 from axon.models.fake import FakeTokenizer
 from axon.worker.engines.base import Chunk, Engine
@@ -25,12 +26,14 @@ class FakeEngine(Engine):
         tokens_per_second: float = 0.0,
         reply_tokens: int = 24,
         default_max_tokens: int = 512,
+        fail_marker: str | None = None,
     ) -> None:
         self.model = model
         self.context_window = context_window
         self.tokens_per_second = tokens_per_second
         self.reply_tokens = reply_tokens
         self.default_max_tokens = default_max_tokens
+        self.fail_marker = fail_marker
         self._tokenizer = FakeTokenizer()
         #: Prompts seen, newest last: tests assert on what the engine was asked.
         self.prompts: list[list[ChatMessage]] = []
@@ -55,6 +58,8 @@ class FakeEngine(Engine):
         prefix: str = "",
     ) -> AsyncIterator[Chunk]:
         self.prompts.append(list(messages))
+        if self.fail_marker and self.fail_marker in messages[-1].content:
+            raise EngineError("the fake engine was told to fail")
         max_tokens = params.max_tokens or self.default_max_tokens
         words = self.reply_words(messages)
         text = ""

@@ -1,0 +1,371 @@
+"""The durable session store on SQLite (always) and PostgreSQL (``integration``), with the
+schema built by the Alembic migrations exactly as ``axon db upgrade`` builds it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, make_url
+
+from axon.core.errors import NotFound
+from axon.core.types import FinishReason
+from axon.sessions.migrate import upgrade
+from axon.sessions.schema import messages, sessions
+from axon.sessions.sql import SqlSessionStore, make_engine
+from axon.sessions.store import AssistantReply
+
+#: Where the PostgreSQL server is (``AXON_TEST_POSTGRES_URL`` names another); each test
+#: run creates its own database on it and drops it at the end.
+POSTGRES_CANDIDATES = (
+    [os.environ["AXON_TEST_POSTGRES_URL"]]
+    if os.environ.get("AXON_TEST_POSTGRES_URL")
+    else [
+        "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres",
+        "postgresql+asyncpg://root@127.0.0.1:5432/postgres",
+    ]
+)
+
+
+async def _admin(url: URL, statement: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(
+        host=url.host,
+        port=url.port or 5432,
+        user=url.username,
+        password=url.password,
+        database=url.database or "postgres",
+        timeout=5,
+    )
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test session."""
+    name = f"axon_test_{uuid.uuid4().hex[:12]}"
+    errors: list[str] = []
+    for candidate in POSTGRES_CANDIDATES:
+        admin = make_url(candidate)
+        try:
+            asyncio.run(_admin(admin, f'CREATE DATABASE "{name}"'))
+        except Exception as exc:
+            errors.append(f"{admin.render_as_string()}: {type(exc).__name__}: {exc}")
+            continue
+        break
+    else:
+        reason = "PostgreSQL is unreachable: " + "; ".join(errors)
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    yield admin.set(database=name).render_as_string(hide_password=False)
+    asyncio.run(_admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("postgresql", id="postgresql", marks=pytest.mark.integration),
+    ]
+)
+def db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    if request.param == "sqlite":
+        # A folder that does not exist yet: the store creates it.
+        return f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('store') / 'data' / 'axon.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+async def store(db_url: str) -> AsyncIterator[SqlSessionStore]:
+    await upgrade(db_url)
+    store = SqlSessionStore(make_engine(db_url))
+    # The PostgreSQL database is shared by the session's tests: start each one empty.
+    async with store.engine.begin() as conn:
+        await conn.execute(messages.delete())
+        await conn.execute(sessions.delete())
+    yield store
+    await store.close()
+
+
+async def count_messages(store: SqlSessionStore, **where: str) -> int:
+    query = sa.select(sa.func.count()).select_from(messages)
+    for column, value in where.items():
+        query = query.where(messages.c[column] == value)
+    async with store.engine.connect() as conn:
+        return int((await conn.execute(query)).scalar_one())
+
+
+def reply(session_id: str, reply_id: str, content: str = "An answer.") -> AssistantReply:
+    return AssistantReply(
+        id=reply_id,
+        session_id=session_id,
+        content=content,
+        status="complete",
+        finish_reason=FinishReason.STOP,
+        prompt_tokens=12,
+        completion_tokens=3,
+    )
+
+
+async def test_a_created_session_can_be_read_back(store: SqlSessionStore) -> None:
+    created = await store.create_session(title="Trip", model="tiny", system_prompt="Be brief.")
+
+    got = await store.get_session(created.id)
+
+    assert got == created
+    assert got.title == "Trip"
+    assert got.model == "tiny"
+    assert got.system_prompt == "Be brief."
+    assert got.created_at.tzinfo is not None
+
+
+async def test_an_unknown_session_is_not_found(store: SqlSessionStore) -> None:
+    with pytest.raises(NotFound) as caught:
+        await store.get_session("sess_missing")
+    assert caught.value.code == "not_found"
+    with pytest.raises(NotFound):
+        await store.delete_session("sess_missing")
+    with pytest.raises(NotFound):
+        await store.add_user_message("sess_missing", content="hi", reply_id="req_x")
+
+
+async def test_sessions_are_listed_newest_first_in_pages(store: SqlSessionStore) -> None:
+    created = []
+    for i in range(5):
+        created.append(await store.create_session(title=f"s{i}", model="tiny", system_prompt=None))
+        # Ids carry milliseconds: keep the creations apart so "newest" is well defined.
+        await asyncio.sleep(0.002)
+    newest_first = [s.id for s in reversed(created)]
+
+    page1, more1 = await store.list_sessions(limit=2)
+    page2, more2 = await store.list_sessions(limit=2, after=page1[-1].id)
+    page3, more3 = await store.list_sessions(limit=2, after=page2[-1].id)
+
+    assert [s.id for s in page1 + page2 + page3] == newest_first
+    assert (more1, more2, more3) == (True, True, False)
+    assert [s.title for s in page1] == ["s4", "s3"]
+    everything, more = await store.list_sessions(limit=5)
+    assert [s.id for s in everything] == newest_first
+    assert more is False
+
+
+async def test_an_empty_store_lists_nothing(store: SqlSessionStore) -> None:
+    assert await store.list_sessions(limit=10) == ([], False)
+
+
+async def test_deleting_a_session_deletes_its_messages(store: SqlSessionStore) -> None:
+    session = await store.create_session(title="t", model="tiny", system_prompt=None)
+    other = await store.create_session(title="keep", model="tiny", system_prompt=None)
+    message, _ = await store.add_user_message(session.id, content="hi", reply_id="req_1")
+    await store.add_assistant_message(reply(session.id, "req_1"))
+    await store.add_user_message(other.id, content="still here", reply_id="req_2")
+
+    await store.delete_session(session.id)
+
+    with pytest.raises(NotFound):
+        await store.get_session(session.id)
+    with pytest.raises(NotFound):
+        await store.delete_session(session.id)
+    assert await store.recent_messages(session.id, 10) == []
+    assert await store.get_message(session.id, message.id) is None
+    assert await count_messages(store, session_id=session.id) == 0
+    assert [m.content for m in await store.recent_messages(other.id, 10)] == ["still here"]
+    assert [s.id for s in (await store.list_sessions(limit=10))[0]] == [other.id]
+
+
+async def test_a_retried_user_message_with_the_same_idempotency_key_is_stored_once(
+    store: SqlSessionStore,
+) -> None:
+    session = await store.create_session(title="t", model="tiny", system_prompt=None)
+
+    first, created1 = await store.add_user_message(
+        session.id, content="hello", reply_id="req_1", idempotency_key="key-1"
+    )
+    again, created2 = await store.add_user_message(
+        session.id, content="hello", reply_id="req_2", idempotency_key="key-1"
+    )
+
+    assert (created1, created2) == (True, False)
+    assert again == first
+    assert again.reply_id == "req_1"
+    assert await count_messages(store, session_id=session.id) == 1
+
+
+async def test_idempotency_keys_are_scoped_to_their_session(store: SqlSessionStore) -> None:
+    a = await store.create_session(title="a", model="tiny", system_prompt=None)
+    b = await store.create_session(title="b", model="tiny", system_prompt=None)
+
+    in_a, new_a = await store.add_user_message(
+        a.id, content="hi", reply_id="req_a", idempotency_key="same"
+    )
+    in_b, new_b = await store.add_user_message(
+        b.id, content="hi", reply_id="req_b", idempotency_key="same"
+    )
+
+    assert (new_a, new_b) == (True, True)
+    assert in_a.id != in_b.id
+
+
+async def test_user_messages_without_a_key_are_all_stored(store: SqlSessionStore) -> None:
+    session = await store.create_session(title="t", model="tiny", system_prompt=None)
+
+    one, new1 = await store.add_user_message(session.id, content="hi", reply_id="req_1")
+    two, new2 = await store.add_user_message(session.id, content="hi", reply_id="req_2")
+
+    assert (new1, new2) == (True, True)
+    assert one.id != two.id
+    assert await count_messages(store, session_id=session.id) == 2
+
+
+async def test_an_assistant_reply_is_stored_exactly_once(store: SqlSessionStore) -> None:
+    session = await store.create_session(title="t", model="tiny", system_prompt=None)
+    await store.add_user_message(session.id, content="hi", reply_id="req_1")
+
+    stored = await store.add_assistant_message(reply(session.id, "req_1", "Hello!"))
+    again = await store.add_assistant_message(reply(session.id, "req_1", "A different text"))
+
+    assert stored is not None
+    assert stored.id == "req_1"
+    assert stored.role == "assistant"
+    assert stored.content == "Hello!"
+    assert stored.finish_reason is FinishReason.STOP
+    assert (stored.prompt_tokens, stored.completion_tokens) == (12, 3)
+    assert again is None
+    assert await count_messages(store, id="req_1") == 1
+    assert await store.get_message(session.id, "req_1") == stored
+
+
+async def test_a_reply_for_a_deleted_session_is_dropped_quietly(store: SqlSessionStore) -> None:
+    session = await store.create_session(title="t", model="tiny", system_prompt=None)
+    await store.add_user_message(session.id, content="hi", reply_id="req_1")
+    await store.delete_session(session.id)
+
+    assert await store.add_assistant_message(reply(session.id, "req_1")) is None
+    assert await store.add_assistant_message(reply("sess_never", "req_2")) is None
+    assert await count_messages(store) == 0
+
+
+async def test_a_failed_reply_keeps_its_status_and_error_code(store: SqlSessionStore) -> None:
+    session = await store.create_session(title="t", model="tiny", system_prompt=None)
+    failed = AssistantReply(
+        id="req_1",
+        session_id=session.id,
+        content="Partial",
+        status="failed",
+        finish_reason=FinishReason.ERROR,
+        prompt_tokens=5,
+        completion_tokens=1,
+        error_code="engine_error",
+    )
+
+    stored = await store.add_assistant_message(failed)
+
+    assert stored is not None
+    assert (stored.status, stored.error_code) == ("failed", "engine_error")
+    assert stored.finish_reason is FinishReason.ERROR
+
+
+async def test_recent_messages_are_the_newest_oldest_first(store: SqlSessionStore) -> None:
+    session = await store.create_session(title="t", model="tiny", system_prompt=None)
+    for turn in range(1, 4):
+        await store.add_user_message(session.id, content=f"q{turn}", reply_id=f"req_{turn}")
+        if turn < 3:
+            await store.add_assistant_message(reply(session.id, f"req_{turn}", f"a{turn}"))
+
+    everything = await store.recent_messages(session.id, 100)
+    last3 = await store.recent_messages(session.id, 3)
+
+    assert [m.content for m in everything] == ["q1", "a1", "q2", "a2", "q3"]
+    assert [m.role for m in everything] == ["user", "assistant"] * 2 + ["user"]
+    assert [m.content for m in last3] == ["q2", "a2", "q3"]
+    seqs = [m.seq for m in everything]
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == len(seqs)
+
+
+async def test_find_turn_finds_the_question_of_a_reply(store: SqlSessionStore) -> None:
+    session = await store.create_session(title="t", model="tiny", system_prompt=None)
+    other = await store.create_session(title="o", model="tiny", system_prompt=None)
+    question, _ = await store.add_user_message(session.id, content="why?", reply_id="req_9")
+
+    assert await store.find_turn(session.id, "req_9") == question
+    assert await store.find_turn(session.id, "req_unknown") is None
+    assert await store.find_turn(other.id, "req_9") is None
+
+
+async def test_concurrent_user_messages_on_one_session_all_get_their_own_place(
+    store: SqlSessionStore,
+) -> None:
+    session = await store.create_session(title="t", model="tiny", system_prompt=None)
+
+    results = await asyncio.gather(
+        *(
+            store.add_user_message(session.id, content=f"m{i}", reply_id=f"req_{i}")
+            for i in range(10)
+        )
+    )
+
+    assert all(created for _, created in results)
+    stored = await store.recent_messages(session.id, 100)
+    assert len(stored) == 10
+    assert len({m.id for m in stored}) == 10
+    assert sorted(m.content for m in stored) == sorted(f"m{i}" for i in range(10))
+    seqs = [m.seq for m in stored]
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == 10
+    assert sorted(m.seq for m, _ in results) == seqs
+
+
+async def test_ping_answers_when_the_store_is_up(store: SqlSessionStore) -> None:
+    await store.ping()
+
+
+async def test_upgrading_an_up_to_date_schema_changes_nothing(
+    store: SqlSessionStore, db_url: str
+) -> None:
+    session = await store.create_session(title="t", model="tiny", system_prompt=None)
+
+    await upgrade(db_url)
+    await upgrade(db_url)
+
+    assert await store.get_session(session.id) == session
+
+
+def test_axon_db_upgrade_can_run_twice(db_url: str, tmp_path: os.PathLike[str]) -> None:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("AXON_")},
+        "AXON_STORE__URL": db_url,
+        "AXON_DATA_DIR": str(tmp_path),
+    }
+    for _ in range(2):
+        done = subprocess.run(
+            [sys.executable, "-m", "axon", "db", "upgrade"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "schema up to date" in done.stdout
+
+    async def tables() -> set[str]:
+        engine = make_engine(db_url)
+        try:
+            async with engine.connect() as conn:
+                return set(await conn.run_sync(lambda c: sa.inspect(c).get_table_names()))
+        finally:
+            await engine.dispose()
+
+    assert {"axon_sessions", "axon_messages", "axon_alembic_version"} <= asyncio.run(tables())
