@@ -4,9 +4,6 @@ on real PostgreSQL, Redis and RabbitMQ, with the real model."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from support.server import AxonProcess
+from support.server import AxonProcess, run_axon
 from support.services import Namespace, cleanup, new_namespace
 from support.sse import parse
 
@@ -36,12 +33,7 @@ class Stack:
             "AXON_ENGINE__CAPACITY": "4",
             "AXON_ENGINE__CONTEXT_WINDOW": "2048",
         }
-        subprocess.run(
-            [sys.executable, "-m", "axon", "db", "upgrade"],
-            env={**os.environ, **env},
-            check=True,
-            capture_output=True,
-        )
+        run_axon(["db", "upgrade"], data_dir=data_dir, env=env)
         self.processes: list[AxonProcess] = []
         self.managers = [self._start("session-manager", data_dir, env) for _ in range(2)]
         self.workers = [self._start("worker", data_dir, env) for _ in range(2)]

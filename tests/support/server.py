@@ -95,6 +95,20 @@ class AxonProcess:
         self.start()
 
 
+def run_axon(args: list[str], *, data_dir: Path, env: Mapping[str, str] | None = None) -> str:
+    """Run a one-shot ``axon`` command (e.g. ``db upgrade``) and return its output."""
+    result = subprocess.run(
+        [sys.executable, "-m", "axon", *args],
+        env={**os.environ, "AXON_DATA_DIR": str(data_dir), **(env or {})},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"axon {args} failed:\n{result.stdout}\n{result.stderr}")
+    return result.stdout
+
+
 @contextmanager
 def start_axon(
     args: list[str] | None = None,

@@ -79,12 +79,10 @@ async def run_job(
         return
     finally:
         gen.cancel()  # the job itself was cancelled (shutdown): stop generating too
-    if (
-        isinstance(error, EngineError)
-        and progress.tokens == 0
-        and delivery.attempt < delivery_limit
-    ):
-        # Nothing reached the client yet, so another attempt is invisible to it.
+    if isinstance(error, EngineError) and progress.tokens == 0:
+        # Nothing reached the client yet, so another attempt is invisible to it. Past the
+        # delivery limit the queue dead-letters the job, and the dead-letter handler
+        # tells the client: a poison job cannot loop, and the broker does the counting.
         log.warning("engine failed before the first token; retrying", extra={"code": error.code})
         await delivery.retry()
         metrics.JOBS_FINISHED.labels(job.model, "retried").inc()
