@@ -89,12 +89,17 @@ async def _openai_conversation(base_url: str, index: int) -> int:
         messages.append({"role": "user", "content": f"Stateless {index}.{turn}: hello"})
         if turn % 2:
             stream = await client.chat.completions.create(
-                model=MODEL, messages=messages, max_tokens=12, stream=True  # type: ignore[arg-type]
+                model=MODEL,
+                messages=messages,
+                max_tokens=12,
+                stream=True,  # type: ignore[arg-type]
             )
             text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
         else:
             reply = await client.chat.completions.create(
-                model=MODEL, messages=messages, max_tokens=12  # type: ignore[arg-type]
+                model=MODEL,
+                messages=messages,
+                max_tokens=12,  # type: ignore[arg-type]
             )
             text = reply.choices[0].message.content or ""
         assert text
@@ -110,9 +115,7 @@ async def _drive(stack: Stack) -> list[str]:
         httpx.AsyncClient(base_url=stack.gateways[1].url, timeout=timeout) as g2,
     ):
         sessions = [_conversation([g1, g2], i) for i in range(CONVERSATIONS)]
-        stateless = [
-            _openai_conversation(stack.gateways[i % 2].url, i) for i in range(4)
-        ]
+        stateless = [_openai_conversation(stack.gateways[i % 2].url, i) for i in range(4)]
         results = await asyncio.gather(*sessions, *stateless)
     assert results[CONVERSATIONS:] == [2 * TURNS] * 4
     return [str(r) for r in results[:CONVERSATIONS]]
@@ -184,8 +187,12 @@ def test_reply_started_on_one_gateway_resumes_on_the_other(stack: Stack) -> None
         ("POST", "/v1/chat/completions", b'{"messages": []}', 400),
         ("POST", "/v1/chat/completions", b'{"messages": [{"role": "x", "content": "a"}]}', 400),
         ("POST", "/v1/chat/completions", b'{"messages": [{"role":"user","content":"\xff"}]}', 400),
-        ("POST", "/v1/chat/completions",
-         b'{"messages": [{"role":"user","content":"a"}], "max_tokens": 99999}', 400),
+        (
+            "POST",
+            "/v1/chat/completions",
+            b'{"messages": [{"role":"user","content":"a"}], "max_tokens": 99999}',
+            400,
+        ),
         ("POST", "/v1/sessions/sess_missing/messages", b'{"content": "a"}', 404),
         ("GET", "/v1/sessions/sess_missing", b"", 404),
     ],

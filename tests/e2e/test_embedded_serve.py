@@ -54,7 +54,8 @@ def test_openai_client_streaming(server: AxonProcess) -> None:
         if chunk.usage:
             usage = chunk.usage
     assert len(pieces) >= 2
-    assert usage is not None and usage.completion_tokens > 0
+    assert usage is not None
+    assert usage.completion_tokens > 0
 
 
 def test_openai_client_sees_errors(server: AxonProcess) -> None:

@@ -85,9 +85,7 @@ async def _cleanup(ns: Namespace, models: list[str]) -> None:
                     channel = await connection.channel()
     admin = create_async_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
     async with admin.connect() as conn:
-        await conn.execute(
-            sa.text(f'DROP DATABASE IF EXISTS "axon_test_{ns.tag}" WITH (FORCE)')
-        )
+        await conn.execute(sa.text(f'DROP DATABASE IF EXISTS "axon_test_{ns.tag}" WITH (FORCE)'))
     await admin.dispose()
 
 

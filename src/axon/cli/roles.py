@@ -15,7 +15,7 @@ from axon.cli.run import announce, serve_http
 from axon.config import Settings
 from axon.gateway.app import create_app, create_gateway_app, create_ops_app
 from axon.gateway.proxy import Upstreams
-from axon.gateway.services import Services
+from axon.gateway.services import Check, Services
 from axon.sessions.manager import SessionManager
 from axon.worker.runner import Worker
 
@@ -106,5 +106,5 @@ async def run_worker(settings: Settings) -> None:
             await engine.close()
             await backends.close()
 
-    checks = {"model": model_loaded, "queue": queue.ping, "streams": streams.ping}
+    checks: dict[str, Check] = {"model": model_loaded, "queue": queue.ping, "streams": streams.ping}
     await serve_http(create_ops_app(checks, lifespan), settings)

@@ -81,7 +81,7 @@ class Metrics:
         await self.app(scope, receive, observed)
 
 
-def _route(scope: dict[str, Any]) -> str:
+def _route(scope: Scope) -> str:
     route = scope.get("route")
     path = getattr(route, "path", None)
     return str(path) if path else "unmatched"

@@ -44,8 +44,12 @@ class Upstreams:
         self.urls = [u.rstrip("/") for u in settings.upstreams]
         self._next = itertools.cycle(range(len(self.urls)))
         self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(connect=settings.upstream_connect_timeout_s, read=None,
-                                  write=30.0, pool=settings.upstream_connect_timeout_s),
+            timeout=httpx.Timeout(
+                connect=settings.upstream_connect_timeout_s,
+                read=None,
+                write=30.0,
+                pool=settings.upstream_connect_timeout_s,
+            ),
             limits=httpx.Limits(
                 max_connections=settings.upstream_pool_size,
                 max_keepalive_connections=settings.upstream_pool_size,
@@ -71,8 +75,10 @@ class Upstreams:
             try:
                 response = await self.client.send(upstream, stream=True)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-                log.warning("session manager unreachable; trying the next",
-                            extra={"upstream": base, "error": type(exc).__name__})
+                log.warning(
+                    "session manager unreachable; trying the next",
+                    extra={"upstream": base, "error": type(exc).__name__},
+                )
                 continue
             return StreamingResponse(
                 response.aiter_raw(),

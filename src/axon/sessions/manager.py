@@ -26,7 +26,7 @@ from axon.observability.logging import request_id_var, session_id_var
 from axon.queue.base import JobQueue
 from axon.sessions.cache import SessionCache
 from axon.sessions.prompt import fit_prompt, reply_budget
-from axon.sessions.records import MessageRecord, SessionRecord
+from axon.sessions.records import MessageRecord, MessageStatus, SessionRecord
 from axon.sessions.store import AssistantReply, SessionStore
 from axon.streaming.base import Entry, TokenStreams
 
@@ -244,6 +244,7 @@ class SessionManager:
         """Store a finished reply (no-op if stored before) and add it to the cache."""
         if completion.session_id is None:
             return None
+        status: MessageStatus
         if completion.finish_reason is FinishReason.ERROR:
             status = "failed"
         elif completion.finish_reason is FinishReason.CANCELLED:

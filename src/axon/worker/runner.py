@@ -9,11 +9,11 @@ import logging
 
 from axon.config import StreamSettings
 from axon.core.errors import JobFailed
+from axon.observability import metrics
 from axon.queue.base import Delivery, JobQueue
 from axon.streaming.base import TokenStreams
 from axon.worker.engines.base import Engine
 from axon.worker.job import Progress, finish, run_job
-from axon.observability import metrics
 
 log = logging.getLogger(__name__)
 

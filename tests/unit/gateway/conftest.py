@@ -25,8 +25,9 @@ def engine() -> FakeEngine:
 def settings(tmp_path: Path) -> Settings:
     return Settings(
         data_dir=tmp_path,
-        engine=EngineSettings(kind="fake", model="fake-model", context_window=512,
-                              default_max_tokens=64),
+        engine=EngineSettings(
+            kind="fake", model="fake-model", context_window=512, default_max_tokens=64
+        ),
     )
 
 

@@ -124,4 +124,6 @@ async def test_health_readiness_and_metrics(client: httpx.AsyncClient) -> None:
     await client.post(CHAT, json={"messages": [user("count me")]})
     text = (await client.get("/metrics")).text
     assert "gen_ai_server_time_to_first_token_seconds_bucket" in text
-    assert 'axon_http_requests_total{method="POST",route="/v1/chat/completions",status="200"}' in text
+    assert (
+        'axon_http_requests_total{method="POST",route="/v1/chat/completions",status="200"}' in text
+    )

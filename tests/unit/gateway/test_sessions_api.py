@@ -36,7 +36,8 @@ async def test_session_crud_and_pagination(client: httpx.AsyncClient) -> None:
         await client.get("/v1/sessions", params={"limit": 3, "after": page1["next_cursor"]})
     ).json()
     assert [s["id"] for s in page2["data"]] == ids[::-1][3:]
-    assert page2["has_more"] is False and page2["next_cursor"] is None
+    assert page2["has_more"] is False
+    assert page2["next_cursor"] is None
     r = await client.delete(f"/v1/sessions/{ids[0]}")
     assert r.json() == {"id": ids[0], "object": "session.deleted", "deleted": True}
     assert (await client.get(f"/v1/sessions/{ids[0]}")).status_code == 404
@@ -50,7 +51,8 @@ async def test_streamed_turn_is_stored_once(client: httpx.AsyncClient) -> None:
     assert events[0].event == "turn"
     reply_id = events[0].data["reply_id"]
     tokens = [e for e in events if e.event == "token"]
-    assert len(tokens) >= 2 and all(e.id for e in tokens)
+    assert len(tokens) >= 2
+    assert all(e.id for e in tokens)
     done = events[-1]
     assert done.event == "done"
     text = "".join(e.data["text"] for e in tokens)

@@ -30,7 +30,7 @@ from axon.streaming.base import parse_id
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
-_SSE = {200: {"content": {"text/event-stream": {}}}}
+_SSE: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-stream": {}}}}
 
 
 def _manager(request: Request) -> SessionManager:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 
 from axon.core.types import ChatMessage, FinishReason, SamplingParams
@@ -60,7 +60,7 @@ class Engine(abc.ABC):
         params: SamplingParams,
         *,
         prefix: str = "",
-    ) -> AsyncIterator[Chunk]:
+    ) -> AsyncGenerator[Chunk, None]:
         """Stream the assistant's reply to ``messages``.
 
         ``prefix`` is assistant text already produced (by a worker that died mid-reply):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 from axon.core.errors import EngineError
 from axon.core.types import ChatMessage, FinishReason, SamplingParams
@@ -56,7 +56,7 @@ class FakeEngine(Engine):
         params: SamplingParams,
         *,
         prefix: str = "",
-    ) -> AsyncIterator[Chunk]:
+    ) -> AsyncGenerator[Chunk, None]:
         self.prompts.append(list(messages))
         if self.fail_marker and self.fail_marker in messages[-1].content:
             raise EngineError("the fake engine was told to fail")

@@ -14,7 +14,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,7 +179,7 @@ class LlamaCppEngine(Engine):
         params: SamplingParams,
         *,
         prefix: str = "",
-    ) -> AsyncIterator[Chunk]:
+    ) -> AsyncGenerator[Chunk, None]:
         if self._llm is None:
             raise EngineError("The llamacpp engine is not started.")
         tokenizer = self.tokenizer
