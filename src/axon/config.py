@@ -78,6 +78,9 @@ class EngineSettings(BaseModel):
     fake_tokens_per_second: float = Field(
         200.0, description="Speed of the `fake` engine (0 means as fast as possible)."
     )
+    fake_reply_tokens: int = Field(
+        24, description="Length of the `fake` engine's reply before it stops on its own."
+    )
     fake_fail_marker: str | None = Field(
         None,
         description="The `fake` engine fails every request whose last message contains this "

@@ -137,6 +137,7 @@ def engine(settings: Settings) -> Engine:
             context_window=e.context_window,
             tokens_per_second=e.fake_tokens_per_second,
             default_max_tokens=e.default_max_tokens,
+            reply_tokens=e.fake_reply_tokens,
             fail_marker=e.fake_fail_marker,
         )
     from axon.models.gguf import default_model_path

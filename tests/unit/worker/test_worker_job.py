@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 
 import pytest
 
@@ -41,7 +41,7 @@ class FailingEngine(FakeEngine):
 
     async def generate(
         self, messages: Sequence[ChatMessage], params: SamplingParams, *, prefix: str = ""
-    ) -> AsyncIterator[Chunk]:
+    ) -> AsyncGenerator[Chunk, None]:
         self.calls += 1
         if self.calls <= self.fail_times:
             raise RuntimeError("the GPU fell off the bus")
@@ -59,7 +59,7 @@ class MidReplyFailingEngine(FakeEngine):
 
     async def generate(
         self, messages: Sequence[ChatMessage], params: SamplingParams, *, prefix: str = ""
-    ) -> AsyncIterator[Chunk]:
+    ) -> AsyncGenerator[Chunk, None]:
         self.calls += 1
         produced = 0
         async for chunk in super().generate(messages, params, prefix=prefix):
@@ -79,7 +79,7 @@ class SilentEngine(FakeEngine):
 
     async def generate(
         self, messages: Sequence[ChatMessage], params: SamplingParams, *, prefix: str = ""
-    ) -> AsyncIterator[Chunk]:
+    ) -> AsyncGenerator[Chunk, None]:
         self.started += 1
         try:
             await asyncio.Event().wait()
@@ -372,7 +372,7 @@ async def test_an_engine_error_before_the_first_token_is_retried_invisibly(
     assert len(await completions(streams)) == 1
 
 
-async def test_the_last_allowed_attempt_reports_the_engine_error_to_the_client(
+async def test_an_engine_that_keeps_failing_before_the_first_token_is_dead_lettered(
     queue: MemoryJobQueue, streams: MemoryTokenStreams
 ) -> None:
     engine = FailingEngine(fail_times=100)
@@ -383,14 +383,15 @@ async def test_the_last_allowed_attempt_reports_the_engine_error_to_the_client(
         delivery = await take(queue)
         assert delivery.attempt == attempt
         await run(job, delivery, engine, streams)
+        await assert_settled(delivery)
 
-    [error] = await events(streams, job.request_id)
-    assert error.kind is EventKind.ERROR
-    assert error.error_code == "engine_error"
+    assert engine.calls == DELIVERY_LIMIT
     assert queue.pending(MODEL) == 0
-    [completion] = await completions(streams)
-    assert completion.finish_reason is FinishReason.ERROR
-    assert completion.error_code == "engine_error"
+    # Telling the client is the dead-letter handler's job (see the runner's tests).
+    assert await events(streams, job.request_id) == []
+    dead = await asyncio.wait_for(anext(queue.dead_letters(MODEL)), 5)
+    assert dead.job == job
+    assert dead.attempt == DELIVERY_LIMIT
 
 
 async def test_an_engine_error_after_the_first_token_ends_the_reply_without_retry(

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 
 import pytest
 
 from axon.config import StreamSettings
-from axon.core.errors import Unavailable
+from axon.core.errors import EngineError, Unavailable
 from axon.core.ids import new_id
 from axon.core.types import (
     ChatMessage,
@@ -46,7 +46,7 @@ class GatedEngine(FakeEngine):
 
     async def generate(
         self, messages: Sequence[ChatMessage], params: SamplingParams, *, prefix: str = ""
-    ) -> AsyncIterator[Chunk]:
+    ) -> AsyncGenerator[Chunk, None]:
         self.active += 1
         self.max_active = max(self.max_active, self.active)
         try:
@@ -68,7 +68,7 @@ class FlakyEngine(FakeEngine):
 
     async def generate(
         self, messages: Sequence[ChatMessage], params: SamplingParams, *, prefix: str = ""
-    ) -> AsyncIterator[Chunk]:
+    ) -> AsyncGenerator[Chunk, None]:
         self.calls += 1
         if self.calls <= self.fail_times:
             raise self.error
@@ -84,7 +84,7 @@ class RecordingQueue(MemoryJobQueue):
         super().__init__(delivery_limit=delivery_limit)
         self.handed_out: list[Delivery] = []
 
-    async def consume(self, model: str, prefetch: int) -> AsyncIterator[Delivery]:
+    async def consume(self, model: str, prefetch: int) -> AsyncGenerator[Delivery, None]:
         async for delivery in super().consume(model, prefetch):
             self.handed_out.append(delivery)
             yield delivery
@@ -231,12 +231,24 @@ async def test_a_job_whose_engine_fails_once_succeeds_on_redelivery(
     assert [e for e in await events(streams, job.request_id) if e.final] == [done]
 
 
+@pytest.mark.parametrize(
+    "failure",
+    [
+        RuntimeError("CUDA error: an illegal memory access was encountered"),
+        EngineError("the engine failed"),
+        Unavailable("the inference server is unreachable"),
+    ],
+    ids=["crash", "engine-error", "unavailable"],
+)
 async def test_a_job_that_keeps_failing_is_dead_lettered_and_its_client_told(
-    start_worker: StartWorker, queue: RecordingQueue, streams: MemoryTokenStreams
+    start_worker: StartWorker,
+    queue: RecordingQueue,
+    streams: MemoryTokenStreams,
+    failure: Exception,
 ) -> None:
-    # An engine whose backend is unreachable hands every delivery back; past the
-    # delivery limit the queue gives up and the dead-letter loop reports it.
-    engine = FlakyEngine(100, Unavailable("the inference server is unreachable"))
+    # Every delivery fails before the first token and is handed back; past the delivery
+    # limit the queue gives up and the dead-letter loop tells the client.
+    engine = FlakyEngine(100, failure)
     await start_worker(engine)
     job = make_job()
 
@@ -252,6 +264,7 @@ async def test_a_job_that_keeps_failing_is_dead_lettered_and_its_client_told(
     assert completion.session_id == "sess_test"
     assert completion.finish_reason is FinishReason.ERROR
     assert completion.error_code == "job_failed"
+    assert [d.attempt for d in queue.handed_out] == [1, 2, 3]
     assert queue.pending(MODEL) == 0
 
 
