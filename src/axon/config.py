@@ -97,8 +97,10 @@ class StoreSettings(BaseModel):
         ),
     )
     pool_size: int = Field(10, description="Connections kept open to PostgreSQL.")
-    history_cache_turns: int = Field(
-        20, description="Recent messages per session kept in the hot cache."
+    history_messages: int = Field(
+        64,
+        description="Newest messages of a session that prompts are built from (and that "
+        "the hot cache keeps); older ones stay in the store.",
     )
     cache_ttl_s: int = Field(3600, description="How long an idle session stays cached.")
 
@@ -126,7 +128,11 @@ class QueueSettings(BaseModel):
 class BackendSettings(BaseModel):
     """Which implementation serves each seam. `memory` is the embedded default."""
 
-    queue: Literal["memory", "rabbitmq"] = Field("memory", description="Job queue backend.")
+    queue: Literal["memory", "rabbitmq"] = Field(
+        "memory",
+        description="Job queue backend. `axon gateway`, `session-manager` and `worker` default "
+        "every backend to the shared one (`rabbitmq`, `redis`).",
+    )
     streams: Literal["memory", "redis"] = Field("memory", description="Token stream backend.")
     cache: Literal["memory", "redis", "none"] = Field(
         "memory", description="Session history cache backend."
@@ -147,9 +153,6 @@ class LimitSettings(BaseModel):
 class LogSettings(BaseModel):
     level: str = Field("INFO", description="Log level.")
     json_format: bool = Field(True, description="One JSON object per line (else plain text).")
-    log_prompts: bool = Field(
-        False, description="Log prompt and reply text. Off by default: they are user data."
-    )
 
 
 class Settings(BaseSettings):

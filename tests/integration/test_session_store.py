@@ -9,6 +9,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -34,7 +35,7 @@ POSTGRES_CANDIDATES = (
 
 
 async def _admin(url: URL, statement: str) -> None:
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped]
 
     conn = await asyncpg.connect(
         host=url.host,
@@ -342,7 +343,7 @@ async def test_upgrading_an_up_to_date_schema_changes_nothing(
     assert await store.get_session(session.id) == session
 
 
-def test_axon_db_upgrade_can_run_twice(db_url: str, tmp_path: os.PathLike[str]) -> None:
+def test_axon_db_upgrade_can_run_twice(db_url: str, tmp_path: Path) -> None:
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("AXON_")},
         "AXON_STORE__URL": db_url,

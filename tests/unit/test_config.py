@@ -42,7 +42,6 @@ def test_defaults_run_everything_embedded(clean_env: Path) -> None:
     assert settings.stream.batch_max_tokens == 16
     assert settings.backends.queue == "memory"
     assert settings.backends.streams == "memory"
-    assert settings.log.log_prompts is False
     assert settings.store.url is None
     assert settings.data_dir == clean_env / "axon"
 

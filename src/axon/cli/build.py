@@ -89,12 +89,12 @@ class Backends:
         if kind == "memory":
             from axon.sessions.memory_cache import MemorySessionCache
 
-            return MemorySessionCache(max_messages=st.history_cache_turns, ttl_s=st.cache_ttl_s)
+            return MemorySessionCache(max_messages=st.history_messages, ttl_s=st.cache_ttl_s)
         redis_cache = _require("axon.sessions.redis_cache", "distributed")
         cache: SessionCache = redis_cache.RedisSessionCache(
             self.redis(),
             prefix=self.settings.backends.redis_prefix,
-            max_messages=st.history_cache_turns,
+            max_messages=st.history_messages,
             ttl_s=st.cache_ttl_s,
         )
         return cache

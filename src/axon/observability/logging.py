@@ -1,8 +1,8 @@
 """Structured logs: one JSON object per line on stdout, with the request's context.
 
 Context (request, session, trace ids) rides in context variables so that every log line
-of a request carries it without threading it through calls. Prompt text is never logged
-unless ``log.log_prompts`` is set.
+of a request carries it without threading it through calls. Prompt and reply text are
+never logged: they are user data.
 """
 
 from __future__ import annotations

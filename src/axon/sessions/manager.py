@@ -96,7 +96,7 @@ class SessionManager:
         if cached is not None:
             return cached
         recent = await self.store.recent_messages(
-            session_id, self.settings.store.history_cache_turns
+            session_id, self.settings.store.history_messages
         )
         await self.cache.put(session_id, recent)
         return recent
