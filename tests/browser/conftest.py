@@ -22,7 +22,6 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-quic",
 ]
-SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +36,6 @@ def axon_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = {
         # Short replies keep the tests quick; the test that needs a long one asks per request.
         "AXON_ENGINE__DEFAULT_MAX_TOKENS": "48",
-        # The checkout's code, whether or not the package is installed.
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])),
     }
     with start_axon(["serve"], env=env, data_dir=tmp_path_factory.mktemp("axon-browser")) as axon:
         yield axon.url
@@ -54,13 +51,15 @@ def chromium_path() -> Path:
     return CHROMIUM
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: the sync driver keeps an event loop running in this thread
+# while it is open, which would break every asyncio test collected after this module.
+@pytest.fixture(scope="module")
 def playwright_driver() -> Iterator[Playwright]:
     with sync_playwright() as driver:
         yield driver
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright_driver: Playwright, chromium_path: Path) -> Iterator[Browser]:
     browser = playwright_driver.chromium.launch(
         executable_path=str(chromium_path), args=CHROMIUM_ARGS

@@ -187,6 +187,48 @@ async def test_rabbitmq_job_of_a_vanished_consumer_is_redelivered(
         await queue.close()
 
 
+@pytest.mark.integration
+async def test_rabbitmq_consumer_keeps_going_after_a_connection_loss(
+    rabbitmq_url: str, rabbitmq_prefix: str, model: str
+) -> None:
+    # A short reconnect interval (a URL parameter of aio-pika) keeps the test quick.
+    queue = RabbitMQJobQueue(
+        f"{rabbitmq_url}?reconnect_interval=0.2",
+        prefix=rabbitmq_prefix,
+        delivery_limit=3,
+        publish_timeout_s=2.0,
+    )
+    try:
+        await queue.start()
+        deliveries = queue.consume(model, prefetch=1)
+        first = make_job(model)
+        await queue.publish(first)
+        taken = await take(deliveries)
+
+        # Drop the TCP connection under the robust connection, as a broker failover does.
+        assert queue._connection is not None and queue._connection.transport is not None
+        await queue._connection.transport.connection.close(ConnectionError("simulated"))
+        await taken.ack()  # too late: the broker has requeued it; this must not raise
+
+        second = make_job(model)
+        deadline = time.monotonic() + 10
+        while True:  # publishes fail fast (503) until the connection is back
+            try:
+                await queue.publish(second)
+                break
+            except QueueUnavailable:
+                assert time.monotonic() < deadline, "never reconnected"
+                await asyncio.sleep(0.2)
+        got = [await take(deliveries), await take(deliveries)]
+        for delivery in got:
+            await delivery.ack()
+
+        assert [(d.job, d.attempt) for d in got] == [(first, 2), (second, 1)]
+        await deliveries.aclose()
+    finally:
+        await queue.close()
+
+
 @pytest.fixture
 def silent_port() -> Iterator[int]:
     """A port that accepts TCP connections and never answers: a hung broker."""

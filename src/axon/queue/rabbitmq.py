@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing, asynccontextmanager, suppress
 from typing import Any
 
 import aio_pika
@@ -18,6 +18,7 @@ from aio_pika.abc import (
     AbstractRobustChannel,
     AbstractRobustConnection,
 )
+from aio_pika.connection import make_url
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelInvalidStateError
 from pydantic import ValidationError
 
@@ -29,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 #: Dead letters are read by one small consumer that tells clients; a few in flight is plenty.
 _DEAD_LETTER_PREFETCH = 16
+#: Pause before a consumer that ended on its own starts over, so an outage is not a busy loop.
+_RESUME_DELAY_S = 1.0
 
 
 class _RabbitDelivery(Delivery):
@@ -71,10 +74,11 @@ class RabbitMQJobQueue(JobQueue):
     """Jobs in RabbitMQ quorum queues ``{prefix}.jobs.{model}``, poison jobs in
     ``{prefix}.dead.{model}``.
 
-    The connection is robust (``aio_pika.connect_robust``): after a broker or network
+    The connection is an ``aio_pika.RobustConnection``: after a broker or network
     failure it reconnects in the background and re-declares queues and consumers. A
-    ``consume`` iterator therefore keeps yielding after a reconnect; it ends cleanly only
-    when ``close()`` is called. Deliveries received before the loss cannot be settled any
+    ``consume`` iterator therefore keeps yielding after a reconnect (if aio-pika gives up
+    waiting for its channel, it opens a new consumer); it ends cleanly, without error, when
+    ``close()`` is called. Deliveries received before the loss cannot be settled any
     more (the broker requeued them); settling them logs a warning and does nothing.
 
     ``start()`` connects eagerly; every other method also connects on first use, so a
@@ -99,6 +103,7 @@ class RabbitMQJobQueue(JobQueue):
         self._publisher: AbstractRobustChannel | None = None
         self._published_to: set[str] = set()
         self._lock = asyncio.Lock()
+        self._closed = False
 
     @classmethod
     async def connect(
@@ -163,15 +168,23 @@ class RabbitMQJobQueue(JobQueue):
     async def _connect(self) -> AbstractRobustConnection:
         async with self._lock:
             if self._connection is None:
+                # Built by hand rather than with connect_robust so that a failed or
+                # cancelled (timed out) first attempt can be closed: otherwise the robust
+                # connection keeps reconnecting in the background, one more per attempt.
+                connection = aio_pika.RobustConnection(
+                    make_url(self._url),
+                    client_properties={"connection_name": f"axon {self._prefix}"},
+                )
                 try:
-                    self._connection = await aio_pika.connect_robust(
-                        self._url,
-                        timeout=self._connect_timeout_s,
-                        client_properties={"connection_name": f"axon {self._prefix}"},
-                    )
-                except CONNECTION_EXCEPTIONS as exc:
-                    # Never put the URL in the message: it carries the password.
-                    raise QueueUnavailable("cannot connect to RabbitMQ") from exc
+                    await connection.connect(timeout=self._connect_timeout_s)
+                except BaseException as exc:
+                    with suppress(Exception):
+                        await connection.close()
+                    if isinstance(exc, CONNECTION_EXCEPTIONS):
+                        # Never put the URL in the message: it carries the password.
+                        raise QueueUnavailable("cannot connect to RabbitMQ") from exc
+                    raise
+                self._connection = connection
             return self._connection
 
     async def _publisher_channel(self) -> AbstractRobustChannel:
@@ -227,28 +240,48 @@ class RabbitMQJobQueue(JobQueue):
         """A channel of its own (so prefetch applies to this consumer alone), closed on exit
         so that unacknowledged deliveries go back to the queue at once."""
         connection = await self._connect()
+        channel = connection.channel()
         try:
-            channel = await connection.channel()
+            await channel.initialize()
             await channel.set_qos(prefetch_count=prefetch)
             jobs, dead_letters = await self._declare(channel, model)
-        except CONNECTION_EXCEPTIONS as exc:
-            raise QueueUnavailable("cannot start consuming from RabbitMQ") from exc
-        try:
             async with (dead_letters if dead else jobs).iterator() as messages:
                 yield messages
+        except CONNECTION_EXCEPTIONS as exc:
+            raise QueueUnavailable("cannot consume from RabbitMQ") from exc
         finally:
             with suppress(*CONNECTION_EXCEPTIONS):
                 await channel.close()
 
+    async def _messages(
+        self, model: str, *, dead: bool, prefetch: int
+    ) -> AsyncGenerator[AbstractIncomingMessage, None]:
+        """Messages until ``close()``. aio-pika's iterator survives a reconnect, but gives up
+        when the channel is not restored within its own limit (60 s): then start over."""
+        while True:
+            async with self._consumer(model, dead=dead, prefetch=prefetch) as messages:
+                async for message in messages:
+                    yield message
+            if self._closed:
+                return
+            logger.warning("consumer of %s ended while the queue is open; resuming", model)
+            await asyncio.sleep(_RESUME_DELAY_S)
+
+    async def _decode(self, message: AbstractIncomingMessage) -> Job | None:
+        try:
+            return Job.model_validate_json(message.body)
+        except ValidationError:
+            # It can never run: dead-letter it (a dead letter: drop it). Contents unlogged.
+            logger.error("rejecting undecodable job message %s", message.message_id)
+            await message.reject(requeue=False)
+            return None
+
     async def consume(self, model: str, prefetch: int) -> AsyncIterator[Delivery]:
-        async with self._consumer(model, dead=False, prefetch=prefetch) as messages:
+        # aclosing: when the caller stops iterating, the channel must close now (returning
+        # its unacknowledged jobs), not whenever the inner generator is collected.
+        async with aclosing(self._messages(model, dead=False, prefetch=prefetch)) as messages:
             async for message in messages:
-                try:
-                    job = Job.model_validate_json(message.body)
-                except ValidationError:
-                    # It can never run: straight to the dead-letter queue (contents unlogged).
-                    logger.error("dead-lettering undecodable job %s", message.message_id)
-                    await message.reject(requeue=False)
+                if (job := await self._decode(message)) is None:
                     continue
                 # The quorum queue sets x-delivery-count to the failed deliveries so far.
                 count = message.headers.get("x-delivery-count")
@@ -259,13 +292,10 @@ class RabbitMQJobQueue(JobQueue):
         """Dead-lettered jobs. ``attempt`` is the delivery limit when the broker gave up on
         the job, and 1 when a worker rejected it (the broker keeps no count for that).
         ``retry`` puts a dead letter back on the dead-letter queue; ``reject`` drops it."""
-        async with self._consumer(model, dead=True, prefetch=_DEAD_LETTER_PREFETCH) as messages:
+        dead_letters = self._messages(model, dead=True, prefetch=_DEAD_LETTER_PREFETCH)
+        async with aclosing(dead_letters) as messages:
             async for message in messages:
-                try:
-                    job = Job.model_validate_json(message.body)
-                except ValidationError:
-                    logger.error("dropping undecodable dead letter %s", message.message_id)
-                    await message.reject(requeue=False)
+                if (job := await self._decode(message)) is None:
                     continue
                 reason = message.headers.get("x-first-death-reason")
                 attempt = self._delivery_limit if reason == "delivery_limit" else 1
@@ -281,6 +311,7 @@ class RabbitMQJobQueue(JobQueue):
             raise QueueUnavailable("RabbitMQ connection is down")
 
     async def close(self) -> None:
+        self._closed = True
         connection, self._connection, self._publisher = self._connection, None, None
         self._published_to.clear()
         if connection is not None:
