@@ -87,7 +87,6 @@ async def run_worker(settings: Settings) -> None:
         streams=streams,
         settings=settings.stream,
         capacity=settings.engine.capacity,
-        delivery_limit=settings.queue.delivery_limit,
     )
 
     async def model_loaded() -> None:

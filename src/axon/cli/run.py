@@ -64,7 +64,6 @@ async def embedded_app(settings: Settings, engine: Engine | None = None) -> Fast
         streams=streams,
         settings=settings.stream,
         capacity=settings.engine.capacity,
-        delivery_limit=settings.queue.delivery_limit,
     )
 
     async def model_loaded() -> None:

@@ -95,9 +95,7 @@ class SessionManager:
         cached = await self.cache.get(session_id)
         if cached is not None:
             return cached
-        recent = await self.store.recent_messages(
-            session_id, self.settings.store.history_messages
-        )
+        recent = await self.store.recent_messages(session_id, self.settings.store.history_messages)
         await self.cache.put(session_id, recent)
         return recent
 

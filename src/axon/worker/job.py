@@ -52,7 +52,6 @@ async def run_job(
     engine: Engine,
     streams: TokenStreams,
     settings: StreamSettings,
-    delivery_limit: int,
 ) -> None:
     request_id_var.set(job.request_id)
     session_id_var.set(job.session_id)

@@ -30,14 +30,12 @@ class Worker:
         streams: TokenStreams,
         settings: StreamSettings,
         capacity: int,
-        delivery_limit: int,
     ) -> None:
         self.engine = engine
         self.queue = queue
         self.streams = streams
         self.settings = settings
         self.capacity = capacity
-        self.delivery_limit = delivery_limit
         self._jobs: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
 
@@ -72,11 +70,13 @@ class Worker:
                 engine=self.engine,
                 streams=self.streams,
                 settings=self.settings,
-                delivery_limit=self.delivery_limit,
             )
         except asyncio.CancelledError:
-            # Shutting down: leave the job unacknowledged so the queue redelivers it and
-            # the next worker continues the stream from where this one stopped.
+            # Shutting down: hand the job back so that the next worker continues the stream
+            # from where this one stopped (a broker would also do so when the channel
+            # closes, but the in-process queue has no channel).
+            with contextlib.suppress(Exception):
+                await delivery.retry()
             raise
         except Exception:
             # One bad job must never take the worker down; the queue retries it and
@@ -105,8 +105,10 @@ class Worker:
                 metrics.JOBS_FINISHED.labels(job.model, "dead").inc()
                 await delivery.ack()
             except Exception:
-                log.exception("could not report a dead-lettered job")
+                log.exception("could not report a dead-lettered job; retrying shortly")
                 await delivery.retry()
+                # The stream backend is likely down: do not spin on the same job.
+                await asyncio.sleep(1.0)
 
     async def stop(self, grace_s: float = 10.0) -> None:
         """Stop taking jobs, let running ones finish within ``grace_s``, then hand the

@@ -166,7 +166,6 @@ async def run(
             engine=engine,
             streams=streams,
             settings=settings or StreamSettings(),
-            delivery_limit=DELIVERY_LIMIT,
         ),
         10,
     )
@@ -281,7 +280,6 @@ async def test_cancelling_ends_the_job_as_cancelled_and_stops_the_engine(
             engine=engine,
             streams=streams,
             settings=StreamSettings(),
-            delivery_limit=DELIVERY_LIMIT,
         )
     )
     await eventually(lambda: engine.steps >= 3)
@@ -484,7 +482,6 @@ async def test_cancelling_the_job_task_stops_its_generation(
             engine=engine,
             streams=streams,
             settings=StreamSettings(),
-            delivery_limit=DELIVERY_LIMIT,
         )
     )
     await eventually(lambda: engine.steps >= 3)

@@ -161,7 +161,6 @@ async def start_worker(
             streams=streams,
             settings=StreamSettings(),
             capacity=capacity,
-            delivery_limit=DELIVERY_LIMIT,
         )
         await worker.start()
         workers.append(worker)
@@ -327,8 +326,9 @@ async def test_stop_hands_unfinished_jobs_back_and_the_next_worker_continues(
     await asyncio.sleep(0.2)
     assert slow.steps == steps  # the stopped worker spends nothing more on it
     assert await events(streams, job.request_id) == before
-    # The broker returns what the stopped worker never acknowledged.
-    assert await queue.requeue_unacknowledged() == 1
+    # The stopped worker handed the job back, untouched by anyone else meanwhile.
+    assert queue.pending(job.model) == 1
+    assert await queue.requeue_unacknowledged() == 0
 
     fast = FakeEngine(reply_tokens=200)
     await start_worker(fast)
