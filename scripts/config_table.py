@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 from pydantic import BaseModel
 
 from axon.config import Settings
@@ -24,11 +27,22 @@ def rows(model: type[BaseModel], prefix: str) -> list[tuple[str, str, str]]:
     return out
 
 
+def table() -> str:
+    lines = ["| Environment variable | Default | Meaning |", "|---|---|---|"]
+    lines += [f"| {env} | {default} | {text} |" for env, default, text in rows(Settings, "AXON_")]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
-    print("| Environment variable | Default | Meaning |")
-    print("|---|---|---|")
-    for env, default, text in rows(Settings, "AXON_"):
-        print(f"| {env} | {default} | {text} |")
+    """Print the table, or with ``--write README.md`` replace the one in that file."""
+    if len(sys.argv) == 3 and sys.argv[1] == "--write":
+        path = Path(sys.argv[2])
+        text = path.read_text()
+        start = text.index("| Environment variable |")
+        end = text.index("\n\n", start) + 1
+        path.write_text(text[:start] + table() + text[end:])
+    else:
+        print(table(), end="")
 
 
 if __name__ == "__main__":

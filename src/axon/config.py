@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -57,9 +57,42 @@ class GatewaySettings(BaseModel):
     )
 
 
+class OpenAIEngineSettings(BaseModel):
+    base_url: str | None = Field(
+        None, description="Base URL of the OpenAI-compatible server (e.g. `http://vllm:8000/v1`)."
+    )
+    api_key: SecretStr | None = Field(None, description="Bearer token for that server.")
+    remote_model: str | None = Field(
+        None, description="Model name on that server; default: the served model name."
+    )
+    connect_timeout_s: float = Field(5.0, description="Connect timeout to that server.")
+    read_timeout_s: float = Field(
+        120.0, description="Longest wait for the next streamed token from that server."
+    )
+    max_retries: int = Field(
+        2, description="Retries of a request that failed before its first token."
+    )
+    pool_size: int = Field(64, description="Keep-alive connections to that server.")
+
+
+class VllmEngineSettings(BaseModel):
+    model_dir: Path | None = Field(
+        None,
+        description="Hugging Face model folder vLLM loads (`axon convert-model` writes one "
+        "from the bundled GGUF).",
+    )
+    tensor_parallel_size: int = Field(1, description="GPUs one model is split across.")
+    gpu_memory_utilization: float = Field(
+        0.9, description="Fraction of each GPU's memory vLLM may use."
+    )
+    dtype: str = Field("auto", description="Weights and activations type (`auto`, `bfloat16`).")
+
+
 class EngineSettings(BaseModel):
-    kind: Literal["llamacpp", "fake"] = Field(
-        "llamacpp", description="Inference engine: `llamacpp` (CPU, GGUF) or `fake` (tests)."
+    kind: Literal["llamacpp", "fake", "openai", "vllm"] = Field(
+        "llamacpp",
+        description="Inference engine: `llamacpp` (CPU, GGUF), `vllm` (in-process vLLM), "
+        "`openai` (any OpenAI-compatible server) or `fake` (tests).",
     )
     model: str = Field(DEFAULT_MODEL, description="Model name served under `/v1/models`.")
     model_path: Path | None = Field(
@@ -86,6 +119,8 @@ class EngineSettings(BaseModel):
         description="The `fake` engine fails every request whose last message contains this "
         "text (for failure tests).",
     )
+    openai: OpenAIEngineSettings = Field(default_factory=OpenAIEngineSettings)
+    vllm: VllmEngineSettings = Field(default_factory=VllmEngineSettings)
 
 
 class StoreSettings(BaseModel):
@@ -168,6 +203,11 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
+    models: list[EngineSettings] = Field(
+        default_factory=list,
+        description="Models the session managers serve, as JSON (each needs workers started "
+        "with the matching `engine`); default: the one model `engine` describes.",
+    )
     store: StoreSettings = Field(default_factory=StoreSettings)
     stream: StreamSettings = Field(default_factory=StreamSettings)
     queue: QueueSettings = Field(default_factory=QueueSettings)
@@ -197,6 +237,10 @@ class Settings(BaseSettings):
         shared = {"queue": "rabbitmq", "streams": "redis", "cache": "redis", "ratelimit": "redis"}
         update = {k: v for k, v in shared.items() if k not in chosen}
         return self.model_copy(update={"backends": self.backends.model_copy(update=update)})
+
+    @property
+    def served_models(self) -> list[EngineSettings]:
+        return self.models or [self.engine]
 
     @property
     def store_url(self) -> str:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from axon.config import Settings
+from axon.config import EngineSettings, Settings
 from axon.core.errors import ConfigError
 from axon.models.base import ModelInfo
 from axon.queue.base import JobQueue
@@ -128,6 +128,7 @@ class Backends:
 
 
 def engine(settings: Settings) -> Engine:
+    """The engine this worker runs (``settings.engine``); its library imported only now."""
     e = settings.engine
     if e.kind == "fake":
         from axon.worker.engines.fake import FakeEngine
@@ -140,6 +141,14 @@ def engine(settings: Settings) -> Engine:
             reply_tokens=e.fake_reply_tokens,
             fail_marker=e.fake_fail_marker,
         )
+    if e.kind == "openai":
+        remote = _require("axon.worker.engines.openai", "distributed")
+        openai_engine: Engine = remote.OpenAIEngine.from_settings(e)
+        return openai_engine
+    if e.kind == "vllm":
+        vllm = _require("axon.worker.engines.vllm", "vllm")
+        vllm_engine: Engine = vllm.VllmEngine.from_settings(e)
+        return vllm_engine
     from axon.models.gguf import default_model_path
     from axon.worker.engines.llamacpp import LlamaCppEngine
 
@@ -152,16 +161,26 @@ def engine(settings: Settings) -> Engine:
     )
 
 
-def model_info(settings: Settings, engine: Engine | None = None) -> ModelInfo:
-    """What the session manager knows of the model: no weights, only the tokenizer.
-    In one process it shares the engine's; elsewhere it loads the vocabulary alone."""
+def model_info(e: EngineSettings, engine: Engine | None = None) -> ModelInfo:
+    """What the session manager knows of a model: no weights, only a tokenizer. In one
+    process it shares the engine's; elsewhere it loads the GGUF vocabulary alone, or, for a
+    model whose tokenizer is not at hand, estimates."""
     if engine is not None:
         return ModelInfo(engine.model, engine.context_window, engine.tokenizer)
-    e = settings.engine
     if e.kind == "fake":
-        from axon.models.fake import FakeTokenizer
+        from axon.models.estimate import EstimateTokenizer
 
-        return ModelInfo(e.model, e.context_window, FakeTokenizer())
-    from axon.models.gguf import GgufTokenizer, default_model_path
+        return ModelInfo(e.model, e.context_window, EstimateTokenizer())
+    if e.kind == "llamacpp" or e.model_path is not None:
+        from axon.models.gguf import GgufTokenizer, default_model_path
 
-    return ModelInfo(e.model, e.context_window, GgufTokenizer(e.model_path or default_model_path()))
+        path = e.model_path or default_model_path()
+        return ModelInfo(e.model, e.context_window, GgufTokenizer(path))
+    from axon.models.estimate import EstimateTokenizer
+
+    # Three bytes a token errs towards refusing early rather than failing in the engine.
+    return ModelInfo(e.model, e.context_window, EstimateTokenizer(bytes_per_token=3))
+
+
+def served_models(settings: Settings) -> dict[str, ModelInfo]:
+    return {m.model: model_info(m) for m in settings.served_models}

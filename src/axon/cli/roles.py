@@ -33,7 +33,7 @@ async def session_manager_app(settings: Settings, *, edge: bool) -> FastAPI:
         cache=backends.cache(),
         queue=queue,
         streams=streams,
-        models={settings.engine.model: build.model_info(settings)},
+        models=build.served_models(settings),
     )
     services = Services(
         settings=settings,

@@ -56,7 +56,7 @@ async def embedded_app(settings: Settings, engine: Engine | None = None) -> Fast
         cache=backends.cache(),
         queue=queue,
         streams=streams,
-        models={engine.model: build.model_info(settings, engine)},
+        models={engine.model: build.model_info(settings.engine, engine)},
     )
     worker = Worker(
         engine=engine,

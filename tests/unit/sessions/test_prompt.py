@@ -7,10 +7,10 @@ import pytest
 from axon.core.errors import ContextWindowExceeded
 from axon.core.types import ChatMessage
 from axon.models.base import ModelInfo
-from axon.models.fake import FakeTokenizer
+from axon.models.estimate import EstimateTokenizer
 from axon.sessions.prompt import fit_prompt, reply_budget
 
-TOKENIZER = FakeTokenizer()
+TOKENIZER = EstimateTokenizer()
 SYSTEM = "You are a terse assistant."
 RESERVE = 64
 
@@ -40,7 +40,7 @@ NEW = [user("and now?")]
 
 
 def model(context_window: int) -> ModelInfo:
-    return ModelInfo("tiny", context_window, FakeTokenizer())
+    return ModelInfo("tiny", context_window, EstimateTokenizer())
 
 
 def window_for(messages: list[ChatMessage], reserve: int = RESERVE) -> int:

@@ -48,6 +48,16 @@ class Engine(abc.ABC):
         return True
 
     @property
+    def running(self) -> int:
+        """Sequences the engine is decoding now."""
+        return 0
+
+    @property
+    def waiting(self) -> int:
+        """Sequences accepted but not yet decoding (queued inside the engine)."""
+        return 0
+
+    @property
     @abc.abstractmethod
     def tokenizer(self) -> Tokenizer:
         """Counts prompt tokens exactly as this engine will (shared with the session

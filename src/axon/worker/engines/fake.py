@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator, Sequence
 
 from axon.core.errors import EngineError
 from axon.core.types import ChatMessage, FinishReason, SamplingParams
-from axon.models.fake import FakeTokenizer
+from axon.models.estimate import EstimateTokenizer
 from axon.worker.engines.base import Chunk, Engine
 
 
@@ -34,14 +34,14 @@ class FakeEngine(Engine):
         self.reply_tokens = reply_tokens
         self.default_max_tokens = default_max_tokens
         self.fail_marker = fail_marker
-        self._tokenizer = FakeTokenizer()
+        self._tokenizer = EstimateTokenizer()
         #: Prompts seen, newest last: tests assert on what the engine was asked.
         self.prompts: list[list[ChatMessage]] = []
         #: Decode steps spent, all requests together (cancellation tests watch it stop).
         self.steps = 0
 
     @property
-    def tokenizer(self) -> FakeTokenizer:
+    def tokenizer(self) -> EstimateTokenizer:
         return self._tokenizer
 
     def reply_words(self, messages: Sequence[ChatMessage]) -> list[str]:
