@@ -17,6 +17,8 @@ from uuid import uuid4
 import aio_pika
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from axon.queue.base import JobQueue
@@ -59,7 +61,8 @@ def _unique_prefix() -> str:
 @asynccontextmanager
 async def redis_env() -> AsyncIterator[tuple[Redis, str]]:
     """A client and a key prefix of its own; every key under the prefix is deleted after."""
-    client = Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    # No retries: a Redis that is down should skip (or fail) at once, not after backoffs.
+    client = Redis.from_url(REDIS_URL, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0))
     try:
         await client.ping()
     except (RedisError, OSError) as exc:

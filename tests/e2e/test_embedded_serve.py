@@ -3,6 +3,9 @@ client and over the session API."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import httpx
 import openai
 import pytest
@@ -139,3 +142,21 @@ def test_reattach_with_last_event_id(server: AxonProcess) -> None:
         joined = "".join(e.data["text"] for e in tokens + rest if e.event == "token")
         assert joined == rest[-1].data["message"]["content"]
         assert len([e for e in rest if e.event == "token"]) >= 1
+
+
+def test_terminal_chat_client(server: AxonProcess) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "axon", "chat", "--url", server.url],
+        input="Say hello.\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "session sess_" in result.stderr
+    reply = result.stdout.replace(">", "").strip()
+    assert reply
+    sid = result.stderr.split("session ", 1)[1].split()[0]
+    stored = httpx.get(f"{server.url}/v1/sessions/{sid}").json()["messages"]
+    assert [m["role"] for m in stored] == ["user", "assistant"]
+    assert stored[1]["content"].strip() == reply
