@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from contextlib import aclosing, asynccontextmanager, suppress
 from typing import Any
 
@@ -40,34 +40,28 @@ class _RabbitDelivery(Delivery):
         self.job = job
         self.attempt = attempt
 
-    async def _settle(self, action: str) -> None:
+    async def ack(self) -> None:
+        await self._settle("ack", self._message.ack())
+
+    async def retry(self) -> None:
+        # The quorum queue counts this as a failed delivery and dead-letters the job once
+        # the count passes the limit: no bookkeeping on our side.
+        await self._settle("retry", self._message.nack(requeue=True))
+
+    async def reject(self) -> None:
+        await self._settle("reject", self._message.reject(requeue=False))
+
+    async def _settle(self, action: str, settling: Awaitable[None]) -> None:
         try:
-            if action == "ack":
-                await self._message.ack()
-            elif action == "retry":
-                # The quorum queue counts this as a failed delivery and dead-letters the
-                # job once the count passes the limit: no bookkeeping on our side.
-                await self._message.nack(requeue=True)
-            else:
-                await self._message.reject(requeue=False)
+            await settling
         except ChannelInvalidStateError:
             # The channel this came on is gone: the broker has already put the job back
             # in the queue and will deliver it again (the stream lets the next worker
             # continue without a gap), so there is nothing left to settle here.
             logger.warning(
-                "could not %s job %s: its channel closed, the broker redelivers it",
-                action,
-                self.job.request_id,
+                "job delivery not settled: its channel closed, the broker redelivers it",
+                extra={"action": action, "request_id": self.job.request_id},
             )
-
-    async def ack(self) -> None:
-        await self._settle("ack")
-
-    async def retry(self) -> None:
-        await self._settle("retry")
-
-    async def reject(self) -> None:
-        await self._settle("reject")
 
 
 class RabbitMQJobQueue(JobQueue):
@@ -264,7 +258,9 @@ class RabbitMQJobQueue(JobQueue):
                     yield message
             if self._closed:
                 return
-            logger.warning("consumer of %s ended while the queue is open; resuming", model)
+            logger.warning(
+                "job consumer ended while the queue is open; resuming", extra={"model": model}
+            )
             await asyncio.sleep(_RESUME_DELAY_S)
 
     async def _decode(self, message: AbstractIncomingMessage) -> Job | None:
@@ -272,7 +268,7 @@ class RabbitMQJobQueue(JobQueue):
             return Job.model_validate_json(message.body)
         except ValidationError:
             # It can never run: dead-letter it (a dead letter: drop it). Contents unlogged.
-            logger.error("rejecting undecodable job message %s", message.message_id)
+            logger.error("rejecting an undecodable job", extra={"message_id": message.message_id})
             await message.reject(requeue=False)
             return None
 
@@ -306,6 +302,10 @@ class RabbitMQJobQueue(JobQueue):
             channel = await asyncio.wait_for(self._publisher_channel(), self._publish_timeout_s)
         except TimeoutError as exc:
             raise QueueUnavailable("RabbitMQ did not answer in time") from exc
+        except QueueUnavailable:
+            raise
+        except CONNECTION_EXCEPTIONS as exc:
+            raise QueueUnavailable("cannot open a RabbitMQ channel") from exc
         # While the robust connection is reconnecting the channel reports closed.
         if channel.is_closed:
             raise QueueUnavailable("RabbitMQ connection is down")

@@ -115,7 +115,10 @@ class RedisTokenStreams(TokenStreams):
             return ""
         key = self._stream_key(request_id)
         final = False
-        async with self._client.pipeline(transaction=False) as pipe:
+        # One round trip. MULTI/EXEC costs next to nothing on top and makes the batch all or
+        # nothing: a connection lost mid-batch (which the client may retry) cannot leave
+        # half a batch behind to be written twice, and readers never see half a batch.
+        async with self._client.pipeline(transaction=True) as pipe:
             for event in events:
                 pipe.xadd(key, {_EVENT: event.model_dump_json()}, maxlen=self._maxlen)
                 final = final or event.final
@@ -218,7 +221,9 @@ class RedisTokenStreams(TokenStreams):
                 )
             except (KeyError, ValidationError):
                 # A poison entry would be reclaimed forever; drop it loudly instead.
-                logger.error("dropping undecodable completion %s", completion_id)
+                logger.error(
+                    "dropping an undecodable completion", extra={"completion_id": completion_id}
+                )
                 await self.ack_completion(group, completion_id)
                 continue
             out.append((completion_id, completion))

@@ -1,0 +1,47 @@
+"""When the queue cannot take a job, the request fails fast with a 503 and the history
+says what happened: the user's message is never left waiting for a reply that will not
+come."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+
+from axon.core.errors import QueueUnavailable
+from axon.core.types import Job
+from axon.gateway.services import Services
+from axon.queue.base import Delivery, JobQueue
+
+
+class DownQueue(JobQueue):
+    async def publish(self, job: Job) -> None:
+        raise QueueUnavailable("the job queue did not confirm the job in time")
+
+    async def consume(self, model: str, prefetch: int) -> AsyncIterator[Delivery]:
+        raise NotImplementedError
+        yield
+
+    async def dead_letters(self, model: str) -> AsyncIterator[Delivery]:
+        raise NotImplementedError
+        yield
+
+
+async def test_queue_down_gives_503_and_a_failed_reply(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    services.manager.queue = DownQueue()
+    sid = (await client.post("/v1/sessions", json={})).json()["id"]
+    r = await client.post(f"/v1/sessions/{sid}/messages", json={"content": "hello"})
+    assert r.status_code == 503
+    assert r.json()["error"]["code"] == "queue_unavailable"
+    messages = (await client.get(f"/v1/sessions/{sid}")).json()["messages"]
+    assert [(m["role"], m["status"]) for m in messages] == [
+        ("user", "complete"),
+        ("assistant", "failed"),
+    ]
+    assert messages[1]["error_code"] == "queue_unavailable"
+    r = await client.post(
+        "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}
+    )
+    assert r.status_code == 503
