@@ -77,7 +77,12 @@ class Backends:
             return MemoryTokenStreams(ttl_s=s.ttl_s, maxlen=s.maxlen)
         redis_streams = _require("axon.streaming.redis", "distributed")
         streams: TokenStreams = redis_streams.RedisTokenStreams(
-            self.redis(), prefix=self.settings.backends.redis_prefix, ttl_s=s.ttl_s, maxlen=s.maxlen
+            self.redis(),
+            prefix=self.settings.backends.redis_prefix,
+            ttl_s=s.ttl_s,
+            maxlen=s.maxlen,
+            # A stream still being written outlives its request's deadline, then expires.
+            active_ttl_s=int(self.settings.server.request_timeout_s) + s.ttl_s,
         )
         return streams
 
