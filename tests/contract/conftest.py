@@ -33,9 +33,7 @@ from axon.sessions.redis_cache import RedisSessionCache
 from axon.streaming.base import TokenStreams
 from axon.streaming.memory import MemoryTokenStreams
 from axon.streaming.redis import RedisTokenStreams
-
-REDIS_URL = os.environ.get("AXON_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-RABBITMQ_URL = os.environ.get("AXON_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+from support.services import RABBITMQ_URL, REDIS_URL
 
 #: Model name of every job the queue tests publish (its queues are deleted afterwards).
 MODEL = "contract-model"
