@@ -36,10 +36,11 @@ def start_chat(page: Page, text: str) -> str:
     composer = page.get_by_test_id("composer")
     composer.fill(text)
     composer.press("Enter")
-    expect(page).to_have_url(re.compile(r"#s=.+"))
+    # Generous waits: on a loaded two-core machine the first request can take seconds.
+    expect(page).to_have_url(re.compile(r"#s=.+"), timeout=REPLY_TIMEOUT_MS)
     session_id = page.url.split("#s=", 1)[1]
     item = page.locator(f'[data-testid="session-item"][data-session-id="{session_id}"]')
-    expect(item).to_have_count(1)
+    expect(item).to_have_count(1, timeout=REPLY_TIMEOUT_MS)
     return session_id
 
 
