@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from support.server import AxonProcess, run_axon
 from support.services import Namespace, cleanup, new_namespace
-from support.sse import parse
+from support.sse import parse, read_then_reattach
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -156,24 +156,9 @@ def test_reply_started_on_one_gateway_resumes_on_the_other(stack: Stack) -> None
     g1, g2 = stack.gateways
     with httpx.Client(timeout=120) as http:
         sid = http.post(f"{g1.url}/v1/sessions", json={}).json()["id"]
-        seen = ""
-        with http.stream(
-            "POST",
-            f"{g1.url}/v1/sessions/{sid}/messages",
-            json={"content": "Tell me a story about a fox.", "max_tokens": 64},
-        ) as r:
-            for text in r.iter_text():
-                seen += text
-                if seen.count("event: token") >= 3 and seen.endswith("\n\n"):
-                    break
-        head = parse(seen)
-        reply_id = head[0].data["reply_id"]
-        tokens = [e for e in head if e.event == "token"]
-        rest = parse(
-            http.get(
-                f"{g2.url}/v1/sessions/{sid}/messages/{reply_id}/stream",
-                headers={"Last-Event-ID": tokens[-1].id or ""},
-            ).text
+        body = {"content": "Tell me a story about a fox.", "max_tokens": 64}
+        tokens, rest = read_then_reattach(
+            http, f"{g1.url}/v1/sessions/{sid}/messages", g2.url, body
         )
     assert rest[-1].event == "done"
     joined = "".join(e.data["text"] for e in tokens + rest if e.event == "token")

@@ -13,7 +13,7 @@ import pytest
 from axon.core.types import ChatMessage
 from axon.models.gguf import GgufTokenizer, default_model_path
 from support.server import AxonProcess
-from support.sse import parse
+from support.sse import read_then_reattach
 
 pytestmark = pytest.mark.e2e
 
@@ -119,24 +119,9 @@ def test_two_turns_restart_and_history(server: AxonProcess, tokenizer: GgufToken
 def test_reattach_with_last_event_id(server: AxonProcess) -> None:
     with httpx.Client(base_url=server.url, timeout=120) as http:
         sid = http.post("/v1/sessions", json={}).json()["id"]
-        seen = ""
-        with http.stream(
-            "POST",
-            f"/v1/sessions/{sid}/messages",
-            json={"content": "Write a short poem about the sea.", "max_tokens": 64},
-        ) as r:
-            for text in r.iter_text():
-                seen += text
-                if seen.count("event: token") >= 3 and seen.endswith("\n\n"):
-                    break
-        head = parse(seen)
-        reply_id = head[0].data["reply_id"]
-        tokens = [e for e in head if e.event == "token"]
-        rest = parse(
-            http.get(
-                f"/v1/sessions/{sid}/messages/{reply_id}/stream",
-                headers={"Last-Event-ID": tokens[-1].id or ""},
-            ).text
+        body = {"content": "Write a short poem about the sea.", "max_tokens": 64}
+        tokens, rest = read_then_reattach(
+            http, f"{server.url}/v1/sessions/{sid}/messages", server.url, body
         )
         assert rest[-1].event == "done"
         joined = "".join(e.data["text"] for e in tokens + rest if e.event == "token")

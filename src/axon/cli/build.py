@@ -11,6 +11,7 @@ from typing import Any
 
 from axon.config import EngineSettings, Settings
 from axon.core.errors import ConfigError
+from axon.gateway.services import Check
 from axon.models.base import ModelInfo
 from axon.queue.base import JobQueue
 from axon.ratelimit.base import RateLimiter
@@ -18,6 +19,7 @@ from axon.sessions.cache import NoCache, SessionCache
 from axon.sessions.store import SessionStore
 from axon.streaming.base import TokenStreams
 from axon.worker.engines.base import Engine
+from axon.worker.runner import Worker
 
 
 def _require(module: str, extra: str) -> ModuleType:
@@ -189,3 +191,23 @@ def model_info(e: EngineSettings, engine: Engine | None = None) -> ModelInfo:
 
 def served_models(settings: Settings) -> dict[str, ModelInfo]:
     return {m.model: model_info(m) for m in settings.served_models}
+
+
+def worker(settings: Settings, engine: Engine, queue: JobQueue, streams: TokenStreams) -> Worker:
+    return Worker(
+        engine=engine,
+        queue=queue,
+        streams=streams,
+        settings=settings.stream,
+        capacity=settings.engine.capacity,
+    )
+
+
+def model_loaded(engine: Engine) -> Check:
+    """A readiness check: ready once the engine has loaded its model."""
+
+    async def check() -> None:
+        if not engine.ready:
+            raise RuntimeError("model not loaded")
+
+    return check

@@ -17,7 +17,6 @@ from axon.gateway.app import create_app, create_gateway_app, create_ops_app
 from axon.gateway.proxy import Upstreams
 from axon.gateway.services import Check, Services
 from axon.sessions.manager import SessionManager
-from axon.worker.runner import Worker
 
 
 async def session_manager_app(settings: Settings, *, edge: bool) -> FastAPI:
@@ -81,17 +80,7 @@ async def run_worker(settings: Settings) -> None:
     engine = build.engine(settings)
     queue = await backends.queue()
     streams = backends.streams()
-    worker = Worker(
-        engine=engine,
-        queue=queue,
-        streams=streams,
-        settings=settings.stream,
-        capacity=settings.engine.capacity,
-    )
-
-    async def model_loaded() -> None:
-        if not engine.ready:
-            raise RuntimeError("model not loaded")
+    worker = build.worker(settings, engine, queue, streams)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -105,5 +94,9 @@ async def run_worker(settings: Settings) -> None:
             await engine.close()
             await backends.close()
 
-    checks: dict[str, Check] = {"model": model_loaded, "queue": queue.ping, "streams": streams.ping}
+    checks: dict[str, Check] = {
+        "model": build.model_loaded(engine),
+        "queue": queue.ping,
+        "streams": streams.ping,
+    }
     await serve_http(create_ops_app(checks, lifespan), settings)

@@ -17,7 +17,6 @@ from axon.gateway.app import create_app
 from axon.gateway.services import Services
 from axon.sessions.manager import SessionManager
 from axon.worker.engines.base import Engine
-from axon.worker.runner import Worker
 
 log = logging.getLogger(__name__)
 
@@ -58,23 +57,13 @@ async def embedded_app(settings: Settings, engine: Engine | None = None) -> Fast
         streams=streams,
         models={engine.model: build.model_info(settings.engine, engine)},
     )
-    worker = Worker(
-        engine=engine,
-        queue=queue,
-        streams=streams,
-        settings=settings.stream,
-        capacity=settings.engine.capacity,
-    )
-
-    async def model_loaded() -> None:
-        if not engine.ready:
-            raise RuntimeError("model not loaded")
+    worker = build.worker(settings, engine, queue, streams)
 
     services = Services(
         settings=settings,
         manager=manager,
         limiter=backends.limiter(),
-        checks={"model": model_loaded, "store": store.ping, "queue": queue.ping},
+        checks={"model": build.model_loaded(engine), "store": store.ping, "queue": queue.ping},
     )
 
     @asynccontextmanager
