@@ -141,7 +141,10 @@ async def _generate(
         async for chunk in stream:
             if chunk.prompt_tokens is not None:
                 progress.prompt_tokens = chunk.prompt_tokens
-            if chunk.text:
+            if chunk.tokens and not chunk.text:
+                # A remote engine may settle its token count on an empty final delta.
+                progress.tokens += chunk.tokens
+            elif chunk.text:
                 now = time.monotonic()
                 if not batch:
                     batch_started = now
