@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
 bash scripts/install-chromium.sh
 bash scripts/services.sh
+# vLLM (CPU build) lives in its own virtual environment: its pins would break this one.
+bash scripts/setup-vllm.sh
 
 echo "== ruff"
 ruff check src tests benchmarks

@@ -86,6 +86,11 @@ class VllmEngineSettings(BaseModel):
         0.9, description="Fraction of each GPU's memory vLLM may use."
     )
     dtype: str = Field("auto", description="Weights and activations type (`auto`, `bfloat16`).")
+    kv_cache_gib: float | None = Field(
+        None,
+        description="GiB reserved for the KV cache, instead of a share of device memory "
+        "(on vLLM's CPU build the share is of one memory node: a fixed size is safer).",
+    )
 
 
 class EngineSettings(BaseModel):

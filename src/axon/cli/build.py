@@ -153,9 +153,10 @@ def engine(settings: Settings) -> Engine:
         openai_engine: Engine = remote.OpenAIEngine.from_settings(e)
         return openai_engine
     if e.kind == "vllm":
-        vllm = _require("axon.worker.engines.vllm", "vllm")
-        vllm_engine: Engine = vllm.VllmEngine.from_settings(e)
-        return vllm_engine
+        # vLLM itself is imported by the engine's start(), which names the fix if missing.
+        from axon.worker.engines.vllm import VllmEngine
+
+        return VllmEngine.from_settings(e)
     from axon.models.gguf import default_model_path
     from axon.worker.engines.llamacpp import LlamaCppEngine
 

@@ -33,6 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     chat = sub.add_parser("chat", help="chat in the terminal with a running server")
     chat.add_argument("--url", default="http://127.0.0.1:8000", help="server URL")
     chat.add_argument("--session", help="continue this session id")
+    convert = sub.add_parser(
+        "convert-model",
+        help="write a Hugging Face model folder (for the vllm engine) from a GGUF file",
+    )
+    convert.add_argument("args", nargs=argparse.REMAINDER, help="[GGUF] OUT_DIR [--dtype D]")
     db = sub.add_parser("db", help="durable store administration")
     db.add_argument("action", choices=["upgrade"], help="bring the schema up to date")
     return parser
@@ -64,6 +69,10 @@ async def _run_role(role: str, settings: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    if args.command == "convert-model":
+        from axon.models.convert import main as convert_main
+
+        sys.exit(convert_main(args.args))
     if args.command == "chat":
         from axon.cli.chat import run_chat
 
