@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 
 READY_TIMEOUT_S = 180.0
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 def free_port() -> int:
@@ -41,6 +42,8 @@ class AxonProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
             **os.environ,
+            # The processes run this checkout's code, whichever copy is installed.
+            "PYTHONPATH": os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")])),
             "AXON_DATA_DIR": str(data_dir),
             "AXON_SERVER__PORT": str(self.port),
             **(env or {}),
@@ -99,7 +102,12 @@ def run_axon(args: list[str], *, data_dir: Path, env: Mapping[str, str] | None =
     """Run a one-shot ``axon`` command (e.g. ``db upgrade``) and return its output."""
     result = subprocess.run(
         [sys.executable, "-m", "axon", *args],
-        env={**os.environ, "AXON_DATA_DIR": str(data_dir), **(env or {})},
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")])),
+            "AXON_DATA_DIR": str(data_dir),
+            **(env or {}),
+        },
         capture_output=True,
         text=True,
         check=False,
