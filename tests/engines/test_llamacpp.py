@@ -144,39 +144,49 @@ async def test_cancelled_task_releases_the_engine(engine: LlamaCppEngine) -> Non
     assert text_of(await collect(engine, COUNT, GREEDY)).startswith("1, 2")
 
 
-async def test_waiting_generation_cancelled_before_start_never_runs(
-    engine: LlamaCppEngine,
-) -> None:
-    running = engine.generate(STORY, SamplingParams(temperature=0.0, max_tokens=400))
-    await anext(running)
-    waiting = asyncio.create_task(collect(engine, COUNT, GREEDY))
-    await asyncio.sleep(0.05)  # it is queued behind the running generation
-    waiting.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await waiting
-    await running.aclose()  # type: ignore[attr-defined]
-    steps = engine.steps
-    await asyncio.sleep(0.3)
+async def test_waiting_generation_cancelled_before_start_never_runs(model_path: Path) -> None:
+    # One sequence at a time, so that the second generation has to wait for a slot.
+    own = LlamaCppEngine(
+        "smollm2", model_path, context_window=512, threads=0, default_max_tokens=64, capacity=1
+    )
+    await own.start()
+    try:
+        running = own.generate(STORY, SamplingParams(temperature=0.0, max_tokens=400))
+        await anext(running)
+        waiting = asyncio.create_task(collect(own, COUNT, GREEDY))
+        await asyncio.sleep(0.05)  # it is queued behind the running generation
+        assert (own.running, own.waiting) == (1, 1)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert own.waiting == 0
+        await running.aclose()  # type: ignore[attr-defined]
+        steps = own.steps
+        await asyncio.sleep(0.3)
 
-    assert engine.steps == steps
+        assert own.steps == steps
+        assert own.stats.admitted == 1  # the waiting one never got a slot
+    finally:
+        await own.close()
 
 
-async def test_concurrent_generations_are_served_one_after_another(
+async def test_concurrent_generations_give_the_same_greedy_reply(
     engine: LlamaCppEngine,
 ) -> None:
     results = await asyncio.gather(*(collect(engine, COUNT, GREEDY) for _ in range(3)))
 
     texts = {text_of(chunks) for chunks in results}
-    assert len(texts) == 1  # greedy: the same reply every time, whatever ran before
+    assert len(texts) == 1  # greedy: the same reply every time, whatever runs alongside
 
 
 async def test_llama_failure_becomes_engine_error(
     engine: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(*args: object, **kwargs: object) -> object:
+    def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("llama_decode returned -1")
 
-    monkeypatch.setattr(engine._llm, "generate", broken)
+    assert engine._decoder is not None
+    monkeypatch.setattr(engine._decoder, "_decode", broken)
     with pytest.raises(EngineError):
         await collect(engine, COUNT, GREEDY)
     monkeypatch.undo()

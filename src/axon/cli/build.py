@@ -166,6 +166,7 @@ def engine(settings: Settings) -> Engine:
         context_window=e.context_window,
         threads=e.threads,
         default_max_tokens=e.default_max_tokens,
+        capacity=e.capacity,
     )
 
 
