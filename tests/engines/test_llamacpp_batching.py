@@ -163,6 +163,29 @@ async def test_cancelling_one_sequence_frees_its_slot_and_spares_the_others(
     assert cells_held(no_reuse) == [0] * CAPACITY  # without reuse, every cell is freed
 
 
+async def test_a_new_sequence_fills_the_gap_a_finished_one_left(
+    no_reuse: LlamaCppEngine,
+) -> None:
+    # llama.cpp runs one forward pass per run of consecutive sequence ids: keep them together.
+    decoder = no_reuse._decoder
+    assert decoder is not None
+    params = SamplingParams(temperature=0.0, max_tokens=80)
+    streams = [no_reuse.generate(m, params) for m in (COUNT_LONG, STORY, OTHERS[0])]
+    for stream in streams:
+        await anext(stream)
+    slots = [seq.slot for seq in decoder._active]
+    assert sorted(slots) == list(range(min(slots), min(slots) + 3))
+    middle = sorted(slots)[1]
+    await streams[slots.index(middle)].aclose()  # type: ignore[attr-defined]
+
+    newcomer = no_reuse.generate(COUNT, GREEDY)
+    await anext(newcomer)
+
+    assert decoder._active[-1].slot == middle
+    for stream in [*streams, newcomer]:
+        await stream.aclose()  # type: ignore[attr-defined]
+
+
 async def collect_rest(stream: Any) -> list[Chunk]:
     return [chunk async for chunk in stream]
 

@@ -273,8 +273,19 @@ class BatchDecoder:
             # A prompt that continues what the slot holds loses nothing by taking it.
             if shared and shared * 2 >= len(best.cached):
                 return best
-        # Otherwise evict the cache least likely to be asked for: none, else the oldest.
-        return min(free, key=lambda s: (bool(s.cached), s.used_at))
+        # Otherwise a slot next to busy ones: llama.cpp runs a batch over per-sequence KV
+        # streams as one forward pass per run of consecutive sequence ids, so a slot that
+        # fills a gap saves a pass and a lone one costs one. Then evict the cache least
+        # likely to be asked for: none, else the oldest.
+        busy = {s.seq_id for s in self._slots if s.busy}
+        return min(
+            free,
+            key=lambda s: (
+                -((s.seq_id - 1 in busy) + (s.seq_id + 1 in busy)),
+                bool(s.cached),
+                s.used_at,
+            ),
+        )
 
     def _truncate(self, slot: _Slot, keep: int) -> int:
         """Drop the slot's cells from position ``keep`` on; return how many remain."""
@@ -322,6 +333,9 @@ class BatchDecoder:
         self.stats.steps += 1
         if decoding and room < self.prefill_chunk:
             self.stats.mixed_steps += 1
+        # In sequence-id order: llama.cpp only groups increasing, consecutive ids into one
+        # forward pass; arrival order would split the batch into one pass per sequence.
+        entries.sort(key=lambda entry: entry[0].slot)
         self._run_batch(entries)
 
     def _run_batch(self, entries: list[_Entry]) -> None:

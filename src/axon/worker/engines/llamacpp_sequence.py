@@ -50,21 +50,25 @@ class StopFilter:
         return out
 
 
+#: What the thread hands over: text, an error, or None for "released".
+_Item = Chunk | BaseException | None
+
+
 class Outbox:
     """What the decode thread hands to event loops during one step, posted with one
     wake-up per loop rather than one per token: fewer syscalls and loop iterations
     competing with llama.cpp's threads for the cores."""
 
     def __init__(self) -> None:
-        self._items: list[tuple[Request, Chunk | BaseException | None]] = []
+        self._items: list[tuple[Request, _Item]] = []
 
-    def put(self, request: Request, item: Chunk | BaseException | None) -> None:
+    def put(self, request: Request, item: _Item) -> None:
         self._items.append((request, item))
 
     def flush(self) -> None:
         if not self._items:
             return
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Request, Any]]] = {}
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Request, _Item]]] = {}
         for request, item in self._items:
             by_loop.setdefault(request.loop, []).append((request, item))
         self._items = []
@@ -74,7 +78,7 @@ class Outbox:
                 loop.call_soon_threadsafe(_deliver, items)
 
 
-def _deliver(items: list[tuple[Request, Chunk | BaseException | None]]) -> None:
+def _deliver(items: list[tuple[Request, _Item]]) -> None:
     for request, item in items:
         if item is None:
             request.released.set()
