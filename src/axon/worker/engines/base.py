@@ -6,6 +6,7 @@ import abc
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 
+from axon.core.errors import ContextWindowExceeded
 from axon.core.types import ChatMessage, FinishReason, SamplingParams
 from axon.models.base import Tokenizer
 
@@ -76,3 +77,17 @@ class Engine(abc.ABC):
         ``prefix`` is assistant text already produced (by a worker that died mid-reply):
         the engine continues after it, and yields only the new text.
         """
+
+
+def reply_budget(*, prompt: int, total: int, max_tokens: int, context_window: int) -> int:
+    """Tokens a reply may still take. ``prompt`` is the rendered prompt's length and
+    ``total`` that plus any prefix already generated (which counts against
+    ``max_tokens``). Raise ``ContextWindowExceeded`` when the prompt alone fills the
+    window; 0 means the reply is already as long as it may be."""
+    if prompt >= context_window:
+        raise ContextWindowExceeded(
+            f"The prompt takes {prompt} tokens; the context window is "
+            f"{context_window} tokens, including the reply.",
+            param="messages",
+        )
+    return max(0, min(max_tokens - (total - prompt), context_window - total))

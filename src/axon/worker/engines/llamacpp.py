@@ -14,10 +14,10 @@ import time
 from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 
-from axon.core.errors import ContextWindowExceeded, EngineError
+from axon.core.errors import EngineError
 from axon.core.types import ChatMessage, FinishReason, SamplingParams
 from axon.models.gguf import GgufTokenizer
-from axon.worker.engines.base import Chunk, Engine
+from axon.worker.engines.base import Chunk, Engine, reply_budget
 from axon.worker.engines.llamacpp_batch import BatchDecoder, DecoderStats
 from axon.worker.engines.llamacpp_sequence import Request, StopFilter
 
@@ -140,15 +140,12 @@ class LlamaCppEngine(Engine):
             raise EngineError("The llamacpp engine is not started.")
         tokenizer = self.tokenizer
         prompt, tokens = await asyncio.to_thread(self._encode, tokenizer, messages, prefix)
-        if prompt >= self.context_window:
-            raise ContextWindowExceeded(
-                f"The prompt takes {prompt} tokens; the context window is "
-                f"{self.context_window} tokens, including the reply.",
-                param="messages",
-            )
-        max_tokens = params.max_tokens or self.default_max_tokens
-        # The prefix was already part of the reply: it counts against max_tokens.
-        budget = min(max_tokens - (len(tokens) - prompt), self.context_window - len(tokens))
+        budget = reply_budget(
+            prompt=prompt,
+            total=len(tokens),
+            max_tokens=params.max_tokens or self.default_max_tokens,
+            context_window=self.context_window,
+        )
         if budget <= 0:
             yield Chunk("", 0, FinishReason.LENGTH, prompt_tokens=prompt)
             return

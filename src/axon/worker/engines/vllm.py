@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from axon.config import EngineSettings
-from axon.core.errors import ConfigError, ContextWindowExceeded, EngineError, InvalidRequest
+from axon.core.errors import ConfigError, EngineError, InvalidRequest
 from axon.core.types import ChatMessage, FinishReason, SamplingParams
 from axon.models.base import Tokenizer
-from axon.worker.engines.base import Chunk, Engine
+from axon.worker.engines.base import Chunk, Engine, reply_budget
 
 log = logging.getLogger(__name__)
 
@@ -255,15 +255,12 @@ class VllmEngine(Engine):
         # Rendering takes about a millisecond, and HF fast tokenizers must not be shared
         # between threads: it stays on the event loop.
         prompt, ids = self.tokenizer.encode(messages, prefix)
-        if prompt >= self.context_window:
-            raise ContextWindowExceeded(
-                f"The prompt takes {prompt} tokens; the context window is "
-                f"{self.context_window} tokens, including the reply.",
-                param="messages",
-            )
-        max_tokens = params.max_tokens or self.default_max_tokens
-        # The prefix was already part of the reply: it counts against max_tokens.
-        budget = min(max_tokens - (len(ids) - prompt), self.context_window - len(ids))
+        budget = reply_budget(
+            prompt=prompt,
+            total=len(ids),
+            max_tokens=params.max_tokens or self.default_max_tokens,
+            context_window=self.context_window,
+        )
         if budget <= 0:
             yield Chunk("", 0, FinishReason.LENGTH, prompt_tokens=prompt)
             return
