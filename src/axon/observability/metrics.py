@@ -80,6 +80,18 @@ RUNNING_SEQUENCES = Gauge(
     ["model"],
     registry=REGISTRY,
 )
+ENGINE_RUNNING = Gauge(
+    "axon_engine_running_sequences",
+    "Sequences the engine is decoding now.",
+    ["model"],
+    registry=REGISTRY,
+)
+ENGINE_WAITING = Gauge(
+    "axon_engine_waiting_sequences",
+    "Sequences the engine accepted but is not decoding yet.",
+    ["model"],
+    registry=REGISTRY,
+)
 WORKER_CAPACITY = Gauge(
     "axon_worker_capacity_sequences",
     "Jobs a worker can run at once.",

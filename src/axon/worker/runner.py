@@ -44,7 +44,11 @@ class Worker:
         return len(self._jobs)
 
     async def start(self) -> None:
-        metrics.WORKER_CAPACITY.labels(self.engine.model).set(self.capacity)
+        model = self.engine.model
+        metrics.WORKER_CAPACITY.labels(model).set(self.capacity)
+        # Read at scrape time: the engine's own counts, never stale.
+        metrics.ENGINE_RUNNING.labels(model).set_function(lambda: self.engine.running)
+        metrics.ENGINE_WAITING.labels(model).set_function(lambda: self.engine.waiting)
         self._loops = [
             asyncio.create_task(self._consume(), name="worker-consume"),
             asyncio.create_task(self._dead_letters(), name="worker-dead-letters"),

@@ -21,6 +21,7 @@ from axon.core.types import (
     SamplingParams,
     StreamEvent,
 )
+from axon.observability import metrics
 from axon.queue.base import Delivery
 from axon.queue.memory import MemoryJobQueue
 from axon.streaming.memory import MemoryTokenStreams
@@ -363,3 +364,17 @@ async def test_stop_lets_jobs_finish_within_the_grace_period(
     await queue.publish(make_job())
     await asyncio.sleep(0.1)
     assert queue.pending(MODEL) == 1
+
+
+async def test_worker_reports_capacity_and_engine_load(
+    start_worker: StartWorker, queue: RecordingQueue, streams: MemoryTokenStreams
+) -> None:
+    slow = FakeEngine(MODEL, reply_tokens=200, tokens_per_second=50)
+    await start_worker(slow, capacity=3)
+    await queue.publish(make_job("busy"))
+    text = metrics.render()[0].decode()
+    assert f'axon_worker_capacity_sequences{{model="{MODEL}"}} 3.0' in text
+    assert f'axon_engine_waiting_sequences{{model="{MODEL}"}} 0.0' in text
+    await eventually(lambda: slow.steps >= 1)
+    text = metrics.render()[0].decode()
+    assert f'axon_worker_running_sequences{{model="{MODEL}"}} 1.0' in text
