@@ -197,6 +197,31 @@ class Launched:
         self.log.close()
 
 
+async def _cleanup(env: dict[str, str], model: str) -> None:
+    """Drop what the distributed run left on the shared services (database, keys, queues)."""
+    import aio_pika
+    import redis.asyncio as redis
+    import sqlalchemy as sa
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    url = sa.make_url(env["AXON_STORE__URL"])
+    admin = create_async_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    async with admin.connect() as conn:
+        await conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
+    await admin.dispose()
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    prefix = env["AXON_BACKENDS__REDIS_PREFIX"]
+    keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+    connection = await aio_pika.connect("amqp://guest:guest@127.0.0.1:5672/")
+    async with connection:
+        channel = await connection.channel()
+        for kind in ("jobs", "dead"):
+            await channel.queue_delete(f"{env['AXON_BACKENDS__RABBITMQ_PREFIX']}.{kind}.{model}")
+
+
 def compare(args: argparse.Namespace) -> list[Result]:
     work = Path(tempfile.mkdtemp(prefix="axon-bench-"))
     tag = uuid.uuid4().hex[:8]
@@ -255,6 +280,7 @@ def compare(args: argparse.Namespace) -> list[Result]:
             )
     finally:
         up.stop()
+        asyncio.run(_cleanup(distributed_env, "smollm2-135m-instruct"))
     return results
 
 
