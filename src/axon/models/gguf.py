@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import os
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -115,20 +116,45 @@ class GgufTokenizer(Tokenizer):
         prompt: str = rendered.prompt
         return prompt
 
-    def tokenize(self, text: str) -> list[int]:
-        """Token ids of a rendered prompt, special tokens (``<|im_start|>``) parsed as such;
-        a BOS is added only when the model's vocabulary asks for one."""
+    def tokenize(self, text: str, *, special: bool = True, add_bos: bool = True) -> list[int]:
+        """Token ids of ``text``; with ``special``, control tokens (``<|im_start|>``) are
+        parsed as such. A BOS is added only when the model's vocabulary asks for one."""
         try:
             tokens: list[int] = self._llama.tokenize(
-                text.encode("utf-8"), add_bos=True, special=True
+                text.encode("utf-8"), add_bos=add_bos, special=special
             )
         except RuntimeError:
             # llama-cpp-python's message quotes the whole text: keep prompts out of logs.
             raise EngineError("llama.cpp could not tokenize the prompt.") from None
         return tokens
 
+    def encode_prompt(self, messages: Sequence[ChatMessage]) -> list[int]:
+        """Token ids of the rendered prompt in which only the template can produce control
+        tokens: a user who types ``<|im_end|>`` gets those characters, not a turn end.
+
+        The template is rendered with a placeholder for each message's text; the template's
+        own pieces are tokenized with control tokens parsed, the texts without.
+        """
+        marks = [f"\x00axon-{i}-{uuid.uuid4().hex}\x00" for i in range(len(messages))]
+        rendered = self.render_prompt(
+            [
+                ChatMessage(role=m.role, content=mark)
+                for m, mark in zip(messages, marks, strict=True)
+            ]
+        )
+        if not all(rendered.count(mark) == 1 for mark in marks):
+            # A template that transforms message text: placeholders cannot stand in for it.
+            return self.tokenize(self.render_prompt(messages))
+        tokens: list[int] = []
+        rest = rendered
+        for message, mark in zip(messages, marks, strict=True):
+            head, rest = rest.split(mark, 1)
+            tokens += self.tokenize(head, add_bos=not tokens)
+            tokens += self.tokenize(message.content, special=False, add_bos=False)
+        return tokens + self.tokenize(rest, add_bos=not tokens)
+
     def count_prompt(self, messages: Sequence[ChatMessage]) -> int:
-        return len(self.tokenize(self.render_prompt(messages)))
+        return len(self.encode_prompt(messages))
 
     def piece(self, token: int, *, special: bool = False) -> bytes:
         """The bytes of one token; possibly part of a multibyte character.

@@ -181,6 +181,8 @@ class LlamaCppEngine(Engine):
         tokenizer: GgufTokenizer, messages: Sequence[ChatMessage], prefix: str
     ) -> tuple[int, list[int]]:
         """(prompt tokens, ids to decode): the rendered prompt, continued by ``prefix``."""
-        text = tokenizer.render_prompt(messages)
-        tokens = tokenizer.tokenize(text)
-        return len(tokens), tokenizer.tokenize(text + prefix) if prefix else tokens
+        tokens = tokenizer.encode_prompt(messages)
+        if not prefix:
+            return len(tokens), tokens
+        # The prefix is the model's own reply so far: plain text, like any message text.
+        return len(tokens), tokens + tokenizer.tokenize(prefix, special=False, add_bos=False)
