@@ -4,16 +4,13 @@ delivery is settled (ack, retry) — over the in-memory queue and streams."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 import pytest
 
 from axon.config import StreamSettings
-from axon.core.ids import new_id
 from axon.core.types import (
     ChatMessage,
-    Completion,
     EventKind,
     FinishReason,
     Job,
@@ -26,9 +23,7 @@ from axon.streaming.memory import MemoryTokenStreams
 from axon.worker.engines.base import Chunk
 from axon.worker.engines.fake import FakeEngine
 from axon.worker.job import run_job
-
-MODEL = "fake"
-DELIVERY_LIMIT = 3
+from support.worker import DELIVERY_LIMIT, MODEL, completions, events, eventually, make_job
 
 
 class FailingEngine(FakeEngine):
@@ -88,48 +83,11 @@ class SilentEngine(FakeEngine):
             self.closed += 1
 
 
-def make_job(
-    content: str = "hello there",
-    *,
-    max_tokens: int | None = None,
-    stop: tuple[str, ...] = (),
-    deadline_in_s: float = 60.0,
-) -> Job:
-    return Job(
-        request_id=new_id("req"),
-        model=MODEL,
-        messages=[
-            ChatMessage(role="system", content="Be brief."),
-            ChatMessage(role="user", content=content),
-        ],
-        params=SamplingParams(max_tokens=max_tokens, stop=stop),
-        session_id="sess_test",
-        deadline=time.time() + deadline_in_s,
-    )
-
-
 async def take(queue: MemoryJobQueue) -> Delivery:
     """The next delivery of the test model, as a worker would receive it."""
     deliveries = queue.consume(MODEL, prefetch=1)
     delivery = await asyncio.wait_for(anext(deliveries), 5)
     return delivery
-
-
-async def eventually(predicate: Callable[[], bool], *, within_s: float = 5.0) -> None:
-    """Wait until ``predicate`` holds (a guard against hanging, not a timing assertion)."""
-    give_up = time.monotonic() + within_s
-    while not predicate():
-        if time.monotonic() > give_up:
-            raise AssertionError("condition never became true")
-        await asyncio.sleep(0.01)
-
-
-async def events(streams: MemoryTokenStreams, request_id: str) -> list[StreamEvent]:
-    return [event for _, event in await streams.read(request_id)]
-
-
-async def completions(streams: MemoryTokenStreams) -> list[Completion]:
-    return [c for _, c in await streams.read_completions("tests", "t1", timeout_s=0)]
 
 
 def token_text(evs: list[StreamEvent]) -> str:
@@ -145,11 +103,6 @@ async def assert_settled(delivery: Delivery) -> None:
 @pytest.fixture
 def queue() -> MemoryJobQueue:
     return MemoryJobQueue(delivery_limit=DELIVERY_LIMIT)
-
-
-@pytest.fixture
-def streams() -> MemoryTokenStreams:
-    return MemoryTokenStreams()
 
 
 async def run(
@@ -169,6 +122,20 @@ async def run(
         ),
         10,
     )
+
+
+async def start_job(
+    queue: MemoryJobQueue, engine: FakeEngine, streams: MemoryTokenStreams
+) -> tuple[Job, Delivery, asyncio.Task[None]]:
+    """Publish a job and start running it in a task, once the engine is generating."""
+    job = make_job()
+    await queue.publish(job)
+    delivery = await take(queue)
+    task = asyncio.create_task(
+        run_job(job, delivery, engine=engine, streams=streams, settings=StreamSettings())
+    )
+    await eventually(lambda: engine.steps >= 3)
+    return job, delivery, task
 
 
 async def publish_and_run(
@@ -270,19 +237,7 @@ async def test_cancelling_ends_the_job_as_cancelled_and_stops_the_engine(
     queue: MemoryJobQueue, streams: MemoryTokenStreams
 ) -> None:
     engine = FakeEngine(reply_tokens=100_000, tokens_per_second=200)
-    job = make_job()
-    await queue.publish(job)
-    delivery = await take(queue)
-    task = asyncio.create_task(
-        run_job(
-            job,
-            delivery,
-            engine=engine,
-            streams=streams,
-            settings=StreamSettings(),
-        )
-    )
-    await eventually(lambda: engine.steps >= 3)
+    job, delivery, task = await start_job(queue, engine, streams)
 
     await streams.cancel(job.request_id)
     await asyncio.wait_for(task, 10)
@@ -472,19 +427,7 @@ async def test_cancelling_the_job_task_stops_its_generation(
 ) -> None:
     # What a worker shutting down does to a job past its grace period.
     engine = FakeEngine(reply_tokens=100_000, tokens_per_second=200)
-    job = make_job()
-    await queue.publish(job)
-    delivery = await take(queue)
-    task = asyncio.create_task(
-        run_job(
-            job,
-            delivery,
-            engine=engine,
-            streams=streams,
-            settings=StreamSettings(),
-        )
-    )
-    await eventually(lambda: engine.steps >= 3)
+    job, _delivery, task = await start_job(queue, engine, streams)
 
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)

@@ -11,13 +11,10 @@ import pytest
 
 from axon.config import StreamSettings
 from axon.core.errors import EngineError, Unavailable
-from axon.core.ids import new_id
 from axon.core.types import (
     ChatMessage,
-    Completion,
     EventKind,
     FinishReason,
-    Job,
     SamplingParams,
     StreamEvent,
 )
@@ -28,9 +25,7 @@ from axon.streaming.memory import MemoryTokenStreams
 from axon.worker.engines.base import Chunk
 from axon.worker.engines.fake import FakeEngine
 from axon.worker.runner import Worker
-
-MODEL = "fake"
-DELIVERY_LIMIT = 3
+from support.worker import DELIVERY_LIMIT, MODEL, completions, events, eventually, make_job
 
 StartWorker = Callable[..., Awaitable[Worker]]
 
@@ -101,26 +96,6 @@ class RecordingQueue(MemoryJobQueue):
         return returned
 
 
-def make_job(content: str = "hello") -> Job:
-    return Job(
-        request_id=new_id("req"),
-        model=MODEL,
-        messages=[ChatMessage(role="user", content=content)],
-        params=SamplingParams(),
-        session_id="sess_test",
-        deadline=time.time() + 60,
-    )
-
-
-async def eventually(predicate: Callable[[], bool], *, within_s: float = 5.0) -> None:
-    """Wait until ``predicate`` holds (a guard against hanging, not a timing assertion)."""
-    give_up = time.monotonic() + within_s
-    while not predicate():
-        if time.monotonic() > give_up:
-            raise AssertionError("condition never became true")
-        await asyncio.sleep(0.01)
-
-
 async def final_event(streams: MemoryTokenStreams, request_id: str) -> StreamEvent:
     give_up = time.monotonic() + 10
     while time.monotonic() < give_up:
@@ -129,19 +104,6 @@ async def final_event(streams: MemoryTokenStreams, request_id: str) -> StreamEve
             return finals[0]
         await asyncio.sleep(0.01)
     raise AssertionError(f"no final event on {request_id}")
-
-
-async def events(streams: MemoryTokenStreams, request_id: str) -> list[StreamEvent]:
-    return [e for _, e in await streams.read(request_id)]
-
-
-async def completions(streams: MemoryTokenStreams) -> list[Completion]:
-    return [c for _, c in await streams.read_completions("tests", "t1", timeout_s=0)]
-
-
-@pytest.fixture
-def streams() -> MemoryTokenStreams:
-    return MemoryTokenStreams()
 
 
 @pytest.fixture
