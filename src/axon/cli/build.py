@@ -16,6 +16,7 @@ from axon.models.base import ModelInfo
 from axon.queue.base import JobQueue
 from axon.ratelimit.base import RateLimiter
 from axon.sessions.cache import NoCache, SessionCache
+from axon.sessions.manager import SessionManager
 from axon.sessions.store import SessionStore
 from axon.streaming.base import TokenStreams
 from axon.worker.engines.base import Engine
@@ -213,3 +214,17 @@ def model_loaded(engine: Engine) -> Check:
             raise RuntimeError("model not loaded")
 
     return check
+
+
+async def session_manager(
+    backends: Backends, *, migrate: bool, models: dict[str, ModelInfo]
+) -> SessionManager:
+    """A session manager on ``backends``: its store, queue, streams and cache."""
+    return SessionManager(
+        settings=backends.settings,
+        store=await backends.store(migrate=migrate),
+        cache=backends.cache(),
+        queue=await backends.queue(),
+        streams=backends.streams(),
+        models=models,
+    )

@@ -16,29 +16,24 @@ from axon.config import Settings
 from axon.gateway.app import create_app, create_gateway_app, create_ops_app
 from axon.gateway.proxy import Upstreams
 from axon.gateway.services import Check, Services
-from axon.sessions.manager import SessionManager
 
 
 async def session_manager_app(settings: Settings, *, edge: bool) -> FastAPI:
     """The API with a session manager inside: ``axon session-manager`` (behind gateways,
     ``edge=False``) or ``axon gateway`` without upstreams (co-located, ``edge=True``)."""
     backends = build.Backends(settings)
-    store = await backends.store(migrate=False)
-    queue = await backends.queue()
-    streams = backends.streams()
-    manager = SessionManager(
-        settings=settings,
-        store=store,
-        cache=backends.cache(),
-        queue=queue,
-        streams=streams,
-        models=build.served_models(settings),
+    manager = await build.session_manager(
+        backends, migrate=False, models=build.served_models(settings)
     )
     services = Services(
         settings=settings,
         manager=manager,
         limiter=backends.limiter(),
-        checks={"store": store.ping, "queue": queue.ping, "streams": streams.ping},
+        checks={
+            "store": manager.store.ping,
+            "queue": manager.queue.ping,
+            "streams": manager.streams.ping,
+        },
     )
 
     @asynccontextmanager

@@ -15,7 +15,6 @@ from axon.cli import build
 from axon.config import Settings
 from axon.gateway.app import create_app
 from axon.gateway.services import Services
-from axon.sessions.manager import SessionManager
 from axon.worker.engines.base import Engine
 
 log = logging.getLogger(__name__)
@@ -46,24 +45,19 @@ async def embedded_app(settings: Settings, engine: Engine | None = None) -> Fast
     worker started, by the app's lifespan."""
     backends = build.Backends(settings)
     engine = engine or build.engine(settings)
-    store = await backends.store(migrate=True)
-    queue = await backends.queue()
-    streams = backends.streams()
-    manager = SessionManager(
-        settings=settings,
-        store=store,
-        cache=backends.cache(),
-        queue=queue,
-        streams=streams,
-        models={engine.model: build.model_info(settings.engine, engine)},
+    manager = await build.session_manager(
+        backends, migrate=True, models={engine.model: build.model_info(settings.engine, engine)}
     )
-    worker = build.worker(settings, engine, queue, streams)
-
+    worker = build.worker(settings, engine, manager.queue, manager.streams)
     services = Services(
         settings=settings,
         manager=manager,
         limiter=backends.limiter(),
-        checks={"model": build.model_loaded(engine), "store": store.ping, "queue": queue.ping},
+        checks={
+            "model": build.model_loaded(engine),
+            "store": manager.store.ping,
+            "queue": manager.queue.ping,
+        },
     )
 
     @asynccontextmanager
