@@ -33,6 +33,7 @@ import httpx
 
 from axon.core.types import ChatMessage, SamplingParams
 from axon.models.gguf import GgufTokenizer, default_model_path
+from report import pct, print_table
 
 PROMPTS = [
     f"Write a long story about {topic}."
@@ -73,11 +74,6 @@ class Level:
         pcts = ((name, q) for name in ("ttft", "itl") for q in (50, 99))
         head.update({f"{n}_p{q}_ms": ms(pct(getattr(self, n), q / 100)) for n, q in pcts})
         return head
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values) or [float("nan")]
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def ms(seconds: float) -> float:
@@ -309,14 +305,6 @@ def reuse_table(path: Path, args: argparse.Namespace) -> None:
         rows.append({**row, "last_prompt_tokens": int(prompt)})
     print("\nTTFT per conversation turn (median of runs):")
     print_table(rows)
-
-
-def print_table(rows: list[dict[str, object]]) -> None:
-    columns = list(rows[0])
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
-    print("  ".join(c.ljust(widths[c]) for c in columns))
-    for r in rows:
-        print("  ".join(str(r[c]).ljust(widths[c]) for c in columns))
 
 
 def summary(levels: list[Level]) -> None:

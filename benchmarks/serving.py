@@ -31,6 +31,8 @@ from pathlib import Path
 
 import httpx
 
+from report import pct, print_table
+
 PROMPTS = [
     "Write a short paragraph about the ocean.",
     "Explain what a CPU does in simple words.",
@@ -59,12 +61,6 @@ class Result:
     wall_s: float = 0.0
     errors: int = 0
 
-    def pct(self, values: list[float], q: float) -> float:
-        if not values:
-            return float("nan")
-        ordered = sorted(values)
-        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
     def row(self) -> dict[str, float | int | str]:
         ttft = [s.ttft_s * 1000 for s in self.samples]
         rate = [s.tokens_per_s for s in self.samples]
@@ -74,10 +70,10 @@ class Result:
             "streams": self.concurrency,
             "requests": len(self.samples),
             "errors": self.errors,
-            "ttft_p50_ms": round(self.pct(ttft, 0.5), 1),
-            "ttft_p99_ms": round(self.pct(ttft, 0.99), 1),
-            "stream_tok_s_p50": round(self.pct(rate, 0.5), 1),
-            "stream_tok_s_p99": round(self.pct(rate, 0.01), 1),
+            "ttft_p50_ms": round(pct(ttft, 0.5), 1),
+            "ttft_p99_ms": round(pct(ttft, 0.99), 1),
+            "stream_tok_s_p50": round(pct(rate, 0.5), 1),
+            "stream_tok_s_p99": round(pct(rate, 0.01), 1),
             "total_tok_s": round(total / self.wall_s, 1) if self.wall_s else 0.0,
             "mean_tokens": round(statistics.mean([s.tokens for s in self.samples]), 1)
             if self.samples
@@ -137,15 +133,6 @@ async def run_level(
         await asyncio.gather(*(stream(i) for i in range(concurrency)))
         result.wall_s = time.perf_counter() - started
     return result
-
-
-def print_table(results: list[Result]) -> None:
-    rows = [r.row() for r in results]
-    columns = list(rows[0])
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
-    print("  ".join(c.ljust(widths[c]) for c in columns))
-    for r in rows:
-        print("  ".join(str(r[c]).ljust(widths[c]) for c in columns))
 
 
 def compare_summary(results: list[Result]) -> None:
@@ -305,7 +292,7 @@ def main() -> None:
         ]
     else:
         parser.error("give --url or --compare")
-    print_table(results)
+    print_table([r.row() for r in results])
     compare_summary(results)
 
 
