@@ -184,9 +184,108 @@ class BackendSettings(BaseModel):
     rabbitmq_prefix: str = Field("axon", description="Prefix of every queue Axon declares.")
 
 
+class JwtSettings(BaseModel):
+    """Bearer tokens from an identity provider. Off unless a JWKS file or URL is set."""
+
+    jwks_file: Path | None = Field(None, description="JWKS file with the issuer's public keys.")
+    jwks_url: str | None = Field(None, description="JWKS URL with the issuer's public keys.")
+    algorithms: list[str] = Field(
+        default_factory=lambda: ["RS256", "ES256"],
+        description="Signature algorithms accepted (fixed here, never taken from the token).",
+    )
+    issuer: str | None = Field(None, description="Required `iss` claim.")
+    audience: str | None = Field(None, description="Required `aud` claim.")
+    tenant_claim: str = Field("tenant", description="Claim that names the caller's tenant.")
+    leeway_s: float = Field(30.0, description="Clock skew allowed on `exp` and `nbf`.")
+    jwks_cache_s: float = Field(300.0, description="How long fetched JWKS keys are trusted.")
+    jwks_min_refresh_s: float = Field(
+        30.0,
+        description="Least time between two JWKS refreshes caused by an unknown `kid` (so "
+        "forged tokens cannot make the gateway hammer the identity provider).",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.jwks_file is not None or self.jwks_url is not None
+
+
+class AuthSettings(BaseModel):
+    required: bool = Field(
+        False,
+        description="Every `/v1/*` route demands an API key or a JWT. Required (unless "
+        "`allow_anonymous`) when the server binds anything but a loopback address.",
+    )
+    allow_anonymous: bool = Field(
+        False,
+        description="Serve without credentials on a non-loopback address (explicit opt-in).",
+    )
+    admin_key: SecretStr | None = Field(
+        None, description="Bearer token for `/admin/v1/keys` (key management over HTTP)."
+    )
+    key_cache_s: float = Field(
+        10.0,
+        description="How long a verified API key is cached: a revoked key stops working "
+        "within this time.",
+    )
+    default_tenant: str = Field(
+        "default", description="Tenant of anonymous callers and of rows from before tenants."
+    )
+    jwt: JwtSettings = Field(default_factory=JwtSettings)
+
+
 class LimitSettings(BaseModel):
     requests_per_minute: int = Field(
-        0, description="Chat requests per minute per client address; 0 disables the limit."
+        0,
+        description="Chat requests per minute per client address for anonymous callers; "
+        "0 disables the limit.",
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses (or CIDR ranges) whose `X-Forwarded-For` names the client.",
+    )
+    key_requests_per_minute: int = Field(
+        600, description="Default requests per minute of an API key (0: unlimited)."
+    )
+    key_tokens_per_minute: int = Field(
+        200_000,
+        description="Default tokens per minute of an API key, prompt plus reply (0: unlimited).",
+    )
+    tenant_requests_per_minute: int = Field(
+        0, description="Requests per minute of a whole tenant, all keys together (0: unlimited)."
+    )
+    tenant_tokens_per_minute: int = Field(
+        0, description="Tokens per minute of a whole tenant (0: unlimited)."
+    )
+    tenant_max_streams: int = Field(
+        64, description="Replies a tenant may have running at once (0: unlimited)."
+    )
+    on_backend_failure: Literal["open", "closed"] = Field(
+        "closed",
+        description="When the limiter's Redis cannot be reached: `open` admits the request, "
+        "`closed` answers 503.",
+    )
+    max_messages: int = Field(256, description="Most messages in one request.")
+    max_message_chars: int = Field(
+        200_000, description="Most characters in one message (a 413 beyond)."
+    )
+    max_prompt_tokens: int = Field(
+        0, description="Most prompt tokens of one request; 0 means the model's context window."
+    )
+    header_timeout_s: float = Field(
+        10.0, description="Longest a client may take to send a request's headers."
+    )
+    body_timeout_s: float = Field(
+        30.0, description="Longest a client may take to send a request's body (408 beyond)."
+    )
+    max_queue_depth: int = Field(
+        256,
+        description="Jobs waiting in a model's queue beyond which new requests are shed "
+        "(503 with `Retry-After`); 0 disables.",
+    )
+    max_queue_wait_s: float = Field(
+        60.0,
+        description="A job that waited this long in the queue fails with an `error` event, "
+        "and while workers report such waits new requests are shed; 0 disables.",
     )
 
 
@@ -217,6 +316,7 @@ class Settings(BaseSettings):
     stream: StreamSettings = Field(default_factory=StreamSettings)
     queue: QueueSettings = Field(default_factory=QueueSettings)
     backends: BackendSettings = Field(default_factory=BackendSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     log: LogSettings = Field(default_factory=LogSettings)
 

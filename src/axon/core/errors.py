@@ -1,9 +1,32 @@
-"""The one error tree. Each error has a stable ``code``, an HTTP ``status`` and says
-whether retrying may help; the edges translate it (gateway: HTTP/SSE body; worker:
-ack, retry or dead-letter)."""
+"""The one error tree. Each error has a stable ``code`` and an HTTP ``status``, and says
+whether retrying the same request later may succeed (``retryable``); the edges translate
+it (gateway: an HTTP body, or an SSE ``error`` event once a stream has begun; worker: ack,
+retry or dead-letter).
+
+    AxonError                      500 internal_error
+    ├── InvalidRequest             400 invalid_request
+    │   ├── ContextWindowExceeded  400 context_length_exceeded
+    │   ├── PayloadTooLarge        413 payload_too_large
+    │   └── RequestTimeout         408 request_timeout
+    ├── Unauthenticated            401 invalid_api_key
+    ├── PermissionDenied           403 permission_denied
+    ├── NotFound                   404 not_found
+    │   └── ModelNotFound          404 model_not_found
+    ├── RateLimited                429 rate_limit_exceeded     (retryable)
+    ├── Unavailable                503 service_unavailable     (retryable)
+    │   ├── QueueUnavailable       503 queue_unavailable
+    │   ├── StoreUnavailable       503 store_unavailable
+    │   └── Overloaded             503 overloaded
+    ├── Timeout                    504 timeout                 (retryable)
+    ├── EngineError                500 engine_error
+    ├── JobFailed                  500 job_failed
+    ├── Cancelled                  499 cancelled
+    └── ConfigError                500 config_error
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
 
 
@@ -15,10 +38,18 @@ class AxonError(Exception):
     type: ClassVar[str] = "server_error"
     retryable: ClassVar[bool] = False
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        #: HTTP headers the answer carries (``Retry-After``, ``x-ratelimit-*``).
+        self.headers: dict[str, str] = dict(headers or {})
 
     def to_body(self) -> dict[str, object]:
         """The OpenAI-style error body."""
@@ -58,12 +89,28 @@ class ModelNotFound(NotFound):
     code = "model_not_found"
 
 
-class Conflict(AxonError):
-    """The request conflicts with the current state (e.g. a turn already in progress)."""
+class Unauthenticated(AxonError):
+    """No credential, or one that is wrong, expired, revoked or forged. Every kind answers
+    the same body, so a caller learns nothing about which check failed."""
 
-    code = "conflict"
-    status = 409
-    type = "invalid_request_error"
+    code = "invalid_api_key"
+    status = 401
+    type = "authentication_error"
+
+
+class PermissionDenied(AxonError):
+    """A valid credential that may not do this (an admin route without the admin key)."""
+
+    code = "permission_denied"
+    status = 403
+    type = "permission_error"
+
+
+class RequestTimeout(InvalidRequest):
+    """The client took too long to send its request."""
+
+    code = "request_timeout"
+    status = 408
 
 
 class PayloadTooLarge(InvalidRequest):
@@ -93,6 +140,12 @@ class QueueUnavailable(Unavailable):
 
 class StoreUnavailable(Unavailable):
     code = "store_unavailable"
+
+
+class Overloaded(Unavailable):
+    """Load shed: a model's queue is too deep or too slow to take the request now."""
+
+    code = "overloaded"
 
 
 class Timeout(AxonError):

@@ -6,6 +6,7 @@ They are pydantic models because each of them crosses a process boundary in prod
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
@@ -31,6 +32,27 @@ class SamplingParams(BaseModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     stop: tuple[str, ...] = ()
     seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling, as the server derived it from the credential (never from anything
+    else the client sends). Every conversation, stream and limit is scoped by ``tenant``."""
+
+    tenant: str
+    #: ``key:<id>``, ``jwt:<subject>`` or ``anonymous``: names the caller in logs and
+    #: limits, never the credential itself.
+    subject: str
+    #: The API key's id, when the caller used one.
+    key_id: str | None = None
+    #: Limits of this caller's key (None: the configured default; 0: unlimited).
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    max_streams: int | None = None
+
+    @property
+    def anonymous(self) -> bool:
+        return self.subject == "anonymous"
 
 
 class FinishReason(StrEnum):
@@ -60,10 +82,25 @@ class Job(BaseModel):
     messages: list[ChatMessage]
     params: SamplingParams
     session_id: str | None = None
+    #: The tenant the server derived from the caller's credential; names the stream.
+    tenant: str = "default"
     #: Unix time after which nobody waits for the answer any more.
     deadline: float
+    #: Unix time the job was published (how long it waited in the queue).
+    enqueued_at: float | None = None
     #: W3C trace context, so a trace continues across the queue.
     traceparent: str | None = None
+
+    @property
+    def stream(self) -> str:
+        """The name of this job's token stream and cancel flag."""
+        return stream_name(self.tenant, self.request_id)
+
+
+def stream_name(tenant: str, request_id: str) -> str:
+    """Streams are namespaced by tenant (tenant names cannot contain ``/``), so an id of
+    another tenant's reply never reaches its tokens."""
+    return f"{tenant}/{request_id}"
 
 
 class EventKind(StrEnum):

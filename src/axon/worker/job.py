@@ -55,7 +55,7 @@ async def run_job(
 ) -> None:
     request_id_var.set(job.request_id)
     session_id_var.set(job.session_id)
-    existing = await streams.read(job.request_id)
+    existing = await streams.read(job.stream)
     if any(event.final for _, event in existing):
         # A previous attempt finished but died before its ack: nothing left to do.
         await delivery.ack()
@@ -108,7 +108,7 @@ async def _watch(job: Job, gen: asyncio.Task[None], streams: TokenStreams) -> Ax
         reason: AxonError | None = None
         if time.time() > job.deadline:
             reason = Timeout("the request's deadline passed before the reply was finished")
-        elif await streams.is_cancelled(job.request_id):
+        elif await streams.is_cancelled(job.stream):
             reason = Cancelled("the request was cancelled")
         if reason is not None:
             gen.cancel()
@@ -133,7 +133,7 @@ async def _generate(
         nonlocal batch, batch_tokens
         event = StreamEvent(kind=EventKind.TOKENS, text="".join(batch), tokens=batch_tokens)
         batch, batch_tokens = [], 0
-        await streams.append(job.request_id, [event])
+        await streams.append(job.stream, [event])
         metrics.STREAM_ENTRIES.labels(model).inc()
 
     stream = engine.generate(job.messages, job.params, prefix=progress.prefix)
@@ -199,7 +199,7 @@ async def finish(
             error_code=error.code,
             error_message=error.message,
         )
-    await streams.append(job.request_id, [event])
+    await streams.append(job.stream, [event])
     await streams.publish_completion(
         Completion(
             request_id=job.request_id,

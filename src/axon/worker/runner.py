@@ -96,7 +96,7 @@ class Worker:
                 "job dead-lettered after repeated failures", extra={"request_id": job.request_id}
             )
             try:
-                existing = await self.streams.read(job.request_id)
+                existing = await self.streams.read(job.stream)
                 if not any(event.final for _, event in existing):
                     progress = Progress(
                         prefix="".join(e.text for _, e in existing),
