@@ -135,6 +135,7 @@ class Completion(BaseModel):
 
     request_id: str
     session_id: str | None
+    tenant: str = "default"
     model: str
     text: str
     finish_reason: FinishReason

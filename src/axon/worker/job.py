@@ -204,6 +204,7 @@ async def finish(
         Completion(
             request_id=job.request_id,
             session_id=job.session_id,
+            tenant=job.tenant,
             model=job.model,
             text=progress.full_text,
             finish_reason=finish_reason,
