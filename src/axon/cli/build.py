@@ -9,13 +9,17 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
+from axon.auth.authenticator import Authenticator
+from axon.auth.keys import KeyStore
 from axon.config import EngineSettings, Settings
 from axon.core.errors import ConfigError
-from axon.gateway.services import Check
+from axon.gateway.services import Check, Services
 from axon.models.base import ModelInfo
 from axon.queue.base import JobQueue
 from axon.ratelimit.base import RateLimiter
+from axon.sessions.admission import Admission
 from axon.sessions.cache import NoCache, SessionCache
+from axon.sessions.load import LoadShedder
 from axon.sessions.manager import SessionManager
 from axon.sessions.store import SessionStore
 from axon.streaming.base import TokenStreams
@@ -38,6 +42,10 @@ class Backends:
 
     settings: Settings
     _redis: Any = None
+    _engine: Any = None
+    _limiter: RateLimiter | None = None
+    _queue: JobQueue | None = None
+    _streams: TokenStreams | None = None
     _closers: list[Any] = field(default_factory=list)
 
     def redis(self) -> Any:
@@ -56,6 +64,18 @@ class Backends:
         return self._redis
 
     async def queue(self) -> JobQueue:
+        """The process's one queue client (in one process, the manager and the worker
+        share it: the in-memory queue only works that way)."""
+        if self._queue is None:
+            self._queue = await self._new_queue()
+        return self._queue
+
+    def streams(self) -> TokenStreams:
+        if self._streams is None:
+            self._streams = self._new_streams()
+        return self._streams
+
+    async def _new_queue(self) -> JobQueue:
         b, q = self.settings.backends, self.settings.queue
         if b.queue == "memory":
             from axon.queue.memory import MemoryJobQueue
@@ -68,11 +88,11 @@ class Backends:
             delivery_limit=q.delivery_limit,
             publish_timeout_s=q.publish_timeout_s,
         )
-        await queue.start()  # type: ignore[attr-defined]
+        await queue.start()
         self._closers.append(queue.close)
         return queue
 
-    def streams(self) -> TokenStreams:
+    def _new_streams(self) -> TokenStreams:
         s = self.settings.stream
         if self.settings.backends.streams == "memory":
             from axon.streaming.memory import MemoryTokenStreams
@@ -108,26 +128,50 @@ class Backends:
         return cache
 
     def limiter(self) -> RateLimiter:
-        if self.settings.backends.ratelimit == "memory":
-            from axon.ratelimit.memory import MemoryRateLimiter
+        """One limiter per process, shared by the edge and the session manager."""
+        if self._limiter is None:
+            if self.settings.backends.ratelimit == "memory":
+                from axon.ratelimit.memory import MemoryRateLimiter
 
-            return MemoryRateLimiter()
-        redis_limiter = _require("axon.ratelimit.redis", "distributed")
-        limiter: RateLimiter = redis_limiter.RedisRateLimiter(
-            self.redis(), prefix=self.settings.backends.redis_prefix
-        )
-        return limiter
+                self._limiter = MemoryRateLimiter()
+            else:
+                redis_limiter = _require("axon.ratelimit.redis", "distributed")
+                self._limiter = redis_limiter.RedisRateLimiter(
+                    self.redis(), prefix=self.settings.backends.redis_prefix
+                )
+        return self._limiter
+
+    async def sql_engine(self, *, migrate: bool) -> Any:
+        """The durable store's engine, shared by the session store and the key store."""
+        if self._engine is None:
+            from axon.sessions import migrate as migrations
+            from axon.sessions.sql import make_engine
+
+            url = self.settings.store_url
+            if migrate:
+                await migrations.upgrade(url)
+            self._engine = make_engine(url, pool_size=self.settings.store.pool_size)
+            self._closers.append(self._engine.dispose)
+        return self._engine
 
     async def store(self, *, migrate: bool) -> SessionStore:
-        from axon.sessions import migrate as migrations
-        from axon.sessions.sql import SqlSessionStore, make_engine
+        from axon.sessions.sql import SqlSessionStore
 
-        url = self.settings.store_url
-        if migrate:
-            await migrations.upgrade(url)
-        store = SqlSessionStore(make_engine(url, pool_size=self.settings.store.pool_size))
-        self._closers.append(store.close)
-        return store
+        return SqlSessionStore(await self.sql_engine(migrate=migrate))
+
+    async def keys(self) -> KeyStore:
+        return KeyStore(await self.sql_engine(migrate=False))
+
+    async def authenticator(self) -> Authenticator:
+        auth = self.settings.auth
+        jwt = None
+        if auth.jwt.enabled:
+            from axon.auth.jwt import JwtVerifier
+
+            verifier = JwtVerifier(auth.jwt)
+            self._closers.append(verifier.close)
+            jwt = verifier
+        return Authenticator(auth, await self.keys(), jwt)
 
     async def close(self) -> None:
         for close in reversed(self._closers):
@@ -219,12 +263,34 @@ def model_loaded(engine: Engine) -> Check:
 async def session_manager(
     backends: Backends, *, migrate: bool, models: dict[str, ModelInfo]
 ) -> SessionManager:
-    """A session manager on ``backends``: its store, queue, streams and cache."""
-    return SessionManager(
-        settings=backends.settings,
+    """A session manager on ``backends``: its store, queue, streams, cache and limits."""
+    settings = backends.settings
+    manager = SessionManager(
+        settings=settings,
         store=await backends.store(migrate=migrate),
         cache=backends.cache(),
         queue=await backends.queue(),
         streams=backends.streams(),
         models=models,
+        # A stream slot outlives the longest request, then frees itself.
+        admission=Admission(
+            backends.limiter(), settings.limits, settings.server.request_timeout_s + 30.0
+        ),
+        load=LoadShedder(settings.limits),
+    )
+    backends._closers.append(manager.close)
+    return manager
+
+
+async def services(
+    backends: Backends, manager: SessionManager, checks: dict[str, Check]
+) -> Services:
+    """What the HTTP layer needs, around ``manager``."""
+    return Services(
+        settings=backends.settings,
+        manager=manager,
+        limiter=backends.limiter(),
+        keys=await backends.keys(),
+        authenticator=await backends.authenticator(),
+        checks=checks,
     )

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 
+from axon.cli import keys
 from axon.config import Settings
 from axon.core.errors import ConfigError
 from axon.observability import logging as axon_logging
@@ -33,6 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     chat = sub.add_parser("chat", help="chat in the terminal with a running server")
     chat.add_argument("--url", default="http://127.0.0.1:8000", help="server URL")
     chat.add_argument("--session", help="continue this session id")
+    chat.add_argument(
+        "--api-key", help="API key for a server that requires one (default: $AXON_API_KEY)"
+    )
+    keys.add_parser(sub)
     convert = sub.add_parser(
         "convert-model",
         help="write a Hugging Face model folder (for the vllm engine) from a GGUF file",
@@ -49,7 +55,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         server["host"] = args.host
     if getattr(args, "port", None):
         server["port"] = args.port
-    settings = Settings()
+    settings = Settings.from_environment()
     if server:
         settings.server = settings.server.model_copy(update=server)
     return settings
@@ -76,8 +82,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "chat":
         from axon.cli.chat import run_chat
 
-        sys.exit(run_chat(args.url, args.session))
-    settings = _settings(args)
+        sys.exit(run_chat(args.url, args.session, args.api_key or os.environ.get("AXON_API_KEY")))
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        print(f"axon: {exc.message}", file=sys.stderr)
+        sys.exit(2)
     axon_logging.configure(
         service=f"{settings.service}-{args.command}",
         level=settings.log.level,
@@ -94,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
             from axon.cli.up import run_up
 
             sys.exit(run_up(args, settings))
+        elif args.command == "keys":
+            sys.exit(keys.run_keys(args, settings))
         elif args.command == "db":
             from axon.sessions.migrate import upgrade_sync
             from axon.sessions.sql import ensure_database

@@ -15,7 +15,7 @@ from axon.cli.run import announce, serve_http
 from axon.config import Settings
 from axon.gateway.app import create_app, create_gateway_app, create_ops_app
 from axon.gateway.proxy import Upstreams
-from axon.gateway.services import Check, Services
+from axon.gateway.services import Check
 
 
 async def session_manager_app(settings: Settings, *, edge: bool) -> FastAPI:
@@ -25,16 +25,7 @@ async def session_manager_app(settings: Settings, *, edge: bool) -> FastAPI:
     manager = await build.session_manager(
         backends, migrate=False, models=build.served_models(settings)
     )
-    services = Services(
-        settings=settings,
-        manager=manager,
-        limiter=backends.limiter(),
-        checks={
-            "store": manager.store.ping,
-            "queue": manager.queue.ping,
-            "streams": manager.streams.ping,
-        },
-    )
+    services = await build.services(backends, manager, manager.checks())
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -55,6 +46,7 @@ async def gateway_app(settings: Settings) -> FastAPI:
         return await session_manager_app(settings, edge=True)
     backends = build.Backends(settings)
     upstreams = Upstreams(settings.gateway)
+    authenticator = await backends.authenticator()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -65,7 +57,7 @@ async def gateway_app(settings: Settings) -> FastAPI:
             await upstreams.close()
             await backends.close()
 
-    return create_gateway_app(settings, upstreams, backends.limiter(), lifespan)
+    return create_gateway_app(settings, upstreams, authenticator, backends.limiter(), lifespan)
 
 
 async def run_worker(settings: Settings) -> None:

@@ -8,30 +8,15 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import uvicorn
 from fastapi import FastAPI
 
 from axon.cli import build
+from axon.cli.server import serve_http as serve_http  # Re-exported: the roles import it.
 from axon.config import Settings
 from axon.gateway.app import create_app
-from axon.gateway.services import Services
 from axon.worker.engines.base import Engine
 
 log = logging.getLogger(__name__)
-
-
-async def serve_http(app: FastAPI, settings: Settings) -> None:
-    config = uvicorn.Config(
-        app,
-        host=settings.server.host,
-        port=settings.server.port,
-        log_config=None,
-        access_log=False,
-        # Streams may run for minutes; give them a grace period, then let clients resume.
-        timeout_graceful_shutdown=10,
-        timeout_keep_alive=30,
-    )
-    await uvicorn.Server(config).serve()
 
 
 def announce(settings: Settings, role: str) -> None:
@@ -48,17 +33,10 @@ async def embedded_app(settings: Settings, engine: Engine | None = None) -> Fast
     manager = await build.session_manager(
         backends, migrate=True, models={engine.model: build.model_info(settings.engine, engine)}
     )
-    worker = build.worker(settings, engine, manager.queue, manager.streams)
-    services = Services(
-        settings=settings,
-        manager=manager,
-        limiter=backends.limiter(),
-        checks={
-            "model": build.model_loaded(engine),
-            "store": manager.store.ping,
-            "queue": manager.queue.ping,
-        },
-    )
+    queue = await backends.queue()
+    worker = build.worker(settings, engine, queue, backends.streams())
+    checks = {"model": build.model_loaded(engine), **manager.checks()}
+    services = await build.services(backends, manager, checks)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

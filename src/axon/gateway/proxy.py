@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 
 import httpx
 from fastapi import Request
@@ -16,7 +17,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import StreamingResponse
 
 from axon.config import GatewaySettings
-from axon.core.errors import Unavailable
+from axon.core.errors import InvalidRequest, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -31,32 +32,61 @@ _DROP = {
     "upgrade",
     "host",
     "content-length",
+    # Set below from the connection: a client's own value must not pass as the gateway's.
+    "x-forwarded-for",
 }
 
 
+_DOT_SEGMENT = re.compile(r"(^|/)\.{1,2}(/|$)")
+
+
+def check_path(raw_path: bytes) -> None:
+    """Refuse paths a proxy or client library would rewrite before they reach the session
+    manager (``/v1/x/../chat/completions``, ``//``, encoded ``/`` or ``.``): what the edge
+    checks and limits must be the route the request really reaches."""
+    path = raw_path.split(b"?", 1)[0].decode("latin-1")
+    lowered = path.lower()
+    if "//" in path or "%2f" in lowered or "%2e" in lowered or "%5c" in lowered or "\\" in path:
+        raise InvalidRequest("the request path is not in normal form", param="path")
+    if _DOT_SEGMENT.search(path):
+        raise InvalidRequest("the request path is not in normal form", param="path")
+
+
+def _may_stream(method: str, path: str) -> bool:
+    return (method == "POST" and path.endswith(("/messages", "/chat/completions"))) or (
+        method == "GET" and path.endswith("/stream")
+    )
+
+
 class Upstreams:
-    """Round-robin over session-manager URLs with one shared connection pool. asyncio
-    sets TCP_NODELAY on every TCP connection, so small SSE writes are not delayed."""
+    """Round-robin over session-manager URLs. Two connection pools: one for requests
+    that may stream for minutes, one for everything else, so that held-open streams can
+    never starve short requests (listings, cancels) of connections. asyncio sets
+    TCP_NODELAY on every TCP connection, so small SSE writes are not delayed."""
 
     def __init__(self, settings: GatewaySettings) -> None:
         if not settings.upstreams:
             raise ValueError("no upstream session managers configured")
         self.urls = [u.rstrip("/") for u in settings.upstreams]
         self._next = itertools.cycle(range(len(self.urls)))
-        self.client = httpx.AsyncClient(
+        self.client = self._client(settings, settings.upstream_pool_size)
+        self.streams = self._client(settings, settings.upstream_pool_size)
+
+    @staticmethod
+    def _client(settings: GatewaySettings, size: int) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
             timeout=httpx.Timeout(
                 connect=settings.upstream_connect_timeout_s,
                 read=None,
                 write=30.0,
                 pool=settings.upstream_connect_timeout_s,
             ),
-            limits=httpx.Limits(
-                max_connections=settings.upstream_pool_size,
-                max_keepalive_connections=settings.upstream_pool_size,
-            ),
+            limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
         )
 
     async def forward(self, request: Request) -> StreamingResponse:
+        check_path(request.scope.get("raw_path") or request.url.path.encode())
+        client = self.streams if _may_stream(request.method, request.url.path) else self.client
         body = await request.body()
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _DROP]
         client_ip = request.client.host if request.client else ""
@@ -66,14 +96,14 @@ class Upstreams:
         start = next(self._next)
         for i in range(len(self.urls)):
             base = self.urls[(start + i) % len(self.urls)]
-            upstream = self.client.build_request(
+            upstream = client.build_request(
                 request.method,
                 f"{base}{path}" + (f"?{query}" if query else ""),
                 headers=headers,
                 content=body,
             )
             try:
-                response = await self.client.send(upstream, stream=True)
+                response = await client.send(upstream, stream=True)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 log.warning(
                     "session manager unreachable; trying the next",
@@ -101,3 +131,4 @@ class Upstreams:
 
     async def close(self) -> None:
         await self.client.aclose()
+        await self.streams.aclose()

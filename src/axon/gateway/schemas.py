@@ -11,6 +11,19 @@ from axon.core.types import ChatMessage, FinishReason, SamplingParams
 from axon.sessions.records import MessageRecord, MessageStatus, SessionRecord
 
 
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str
+
+
+class ErrorOut(BaseModel):
+    """Every error answer, in OpenAI's shape."""
+
+    error: ErrorDetail
+
+
 class TextPart(BaseModel):
     type: Literal["text"]
     text: str

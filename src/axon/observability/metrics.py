@@ -117,6 +117,32 @@ ERRORS = Counter(
     registry=REGISTRY,
 )
 
+AUTH_FAILURES = Counter(
+    "axon_auth_failures_total",
+    "Requests refused for their credential, by reason (missing, expired, revoked...).",
+    ["reason"],
+    registry=REGISTRY,
+)
+RATE_LIMITED = Counter(
+    "axon_rate_limited_total",
+    "Requests refused by a rate limit, by limit (key_requests, key_tokens, "
+    "tenant_requests, tenant_tokens, streams, address).",
+    ["limit"],
+    registry=REGISTRY,
+)
+SHED = Counter(
+    "axon_shed_total",
+    "Requests refused at once because a model's queue was too deep or too slow, by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+QUEUE_EXPIRED = Counter(
+    "axon_jobs_expired_in_queue_total",
+    "Jobs that waited longer than the queue-wait limit and were failed instead of run.",
+    ["model"],
+    registry=REGISTRY,
+)
+
 
 def render() -> tuple[bytes, str]:
     """The registry in Prometheus text format, and its content type."""

@@ -34,6 +34,14 @@ class JobQueue(abc.ABC):
     worker died) is delivered again; after ``delivery_limit`` deliveries it goes to the
     model's dead-letter queue."""
 
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Connect now, so a misconfigured broker fails at startup rather than on the
+        first request; raise ``QueueUnavailable`` if it cannot be reached."""
+
+    @abc.abstractmethod
+    async def depth(self, model: str) -> int:
+        """Jobs of ``model`` waiting for a worker (published, not yet delivered)."""
+
     @abc.abstractmethod
     async def publish(self, job: Job) -> None:
         """Store the job durably before returning. Raise ``QueueUnavailable`` when the

@@ -57,6 +57,9 @@ class MemoryJobQueue(JobQueue):
     def pending(self, model: str) -> int:
         return self._ready[model].qsize()
 
+    async def depth(self, model: str) -> int:
+        return self.pending(model)
+
     async def consume(self, model: str, prefetch: int) -> AsyncIterator[Delivery]:
         slots = asyncio.Semaphore(prefetch)
         ready = self._ready[model]

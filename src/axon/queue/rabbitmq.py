@@ -99,26 +99,6 @@ class RabbitMQJobQueue(JobQueue):
         self._lock = asyncio.Lock()
         self._closed = False
 
-    @classmethod
-    async def connect(
-        cls,
-        url: str,
-        *,
-        prefix: str,
-        delivery_limit: int,
-        publish_timeout_s: float,
-        connect_timeout_s: float = 10.0,
-    ) -> RabbitMQJobQueue:
-        queue = cls(
-            url,
-            prefix=prefix,
-            delivery_limit=delivery_limit,
-            publish_timeout_s=publish_timeout_s,
-            connect_timeout_s=connect_timeout_s,
-        )
-        await queue.start()
-        return queue
-
     def jobs_queue(self, model: str) -> str:
         return f"{self._prefix}.jobs.{model}"
 
@@ -226,6 +206,18 @@ class RabbitMQJobQueue(JobQueue):
         except CONNECTION_EXCEPTIONS as exc:
             # Includes a nack (queue full, reject-publish) and a return (unroutable).
             raise QueueUnavailable(f"RabbitMQ refused the job: {type(exc).__name__}") from exc
+
+    async def depth(self, model: str) -> int:
+        try:
+            channel = await self._publisher_channel()
+            # A declaration with the same arguments is idempotent and answers the number
+            # of ready (not yet delivered) messages; a passive one would close the channel
+            # if the queue did not exist yet.
+            jobs, _ = await self._declare(channel, model)
+        except CONNECTION_EXCEPTIONS as exc:
+            raise QueueUnavailable("cannot read the queue depth from RabbitMQ") from exc
+        result = jobs.declaration_result
+        return int(result.message_count or 0) if result is not None else 0
 
     @asynccontextmanager
     async def _consumer(

@@ -1,25 +1,59 @@
-"""In-process fixed-window rate limiter (one replica only: the embedded default)."""
+"""In-process rate limiter (one replica only: the embedded default)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
-from axon.ratelimit.base import Decision, RateLimiter
+from axon.ratelimit.base import Decision, Limit, RateLimiter, window_of
+
+#: Past this many live counters, stale windows are dropped so keys cannot grow forever.
+_MAX_KEYS = 100_000
 
 
 class MemoryRateLimiter(RateLimiter):
     def __init__(self) -> None:
-        self._windows: dict[str, tuple[int, int]] = {}
+        self._counts: dict[tuple[str, int], int] = {}
+        self._leases: dict[str, dict[str, float]] = {}
 
-    async def hit(self, key: str, limit: int, window_s: float, cost: int = 1) -> Decision:
+    def _prune(self, now: float) -> None:
+        if len(self._counts) > _MAX_KEYS:
+            # Keep only windows that might still be current (the longest window is a day).
+            self._counts = {
+                k: v for k, v in self._counts.items() if k[1] >= window_of(86400.0, now) - 1
+            }
+
+    async def admit(self, limits: Sequence[Limit]) -> Decision:
         now = time.time()
-        window = int(now // window_s)
-        if len(self._windows) > 100_000:  # drop stale windows so keys cannot grow forever
-            self._windows = {k: v for k, v in self._windows.items() if v[0] == window}
-        start, used = self._windows.get(key, (window, 0))
-        if start != window:
-            used = 0
-        if used + cost > limit:
-            return Decision(False, max(0, limit - used), (window + 1) * window_s - now)
-        self._windows[key] = (window, used + cost)
-        return Decision(True, limit - used - cost, 0.0)
+        self._prune(now)
+        windows = tuple(window_of(lim.window_s, now) for lim in limits)
+        used = [self._counts.get((lim.key, w), 0) for lim, w in zip(limits, windows, strict=True)]
+        for i, lim in enumerate(limits):
+            if used[i] + lim.cost > lim.limit:
+                retry = (windows[i] + 1) * lim.window_s - now
+                remaining = tuple(max(0, x.limit - u) for x, u in zip(limits, used, strict=True))
+                return Decision(False, remaining, retry, i, windows)
+        for lim, w, u in zip(limits, windows, used, strict=True):
+            self._counts[(lim.key, w)] = u + lim.cost
+        remaining = tuple(max(0, x.limit - u - x.cost) for x, u in zip(limits, used, strict=True))
+        return Decision(True, remaining, 0.0, None, windows)
+
+    async def adjust(self, key: str, window_s: float, window: int, delta: int) -> None:
+        if (key, window) in self._counts:
+            self._counts[(key, window)] = max(0, self._counts[(key, window)] + delta)
+
+    async def acquire(self, key: str, limit: int, holder: str, lease_s: float) -> bool:
+        now = time.monotonic()
+        held = {h: t for h, t in self._leases.get(key, {}).items() if t > now}
+        self._leases[key] = held
+        if holder not in held and len(held) >= limit:
+            return False
+        held[holder] = now + lease_s
+        return True
+
+    async def release(self, key: str, holder: str) -> None:
+        held = self._leases.get(key)
+        if held is not None:
+            held.pop(holder, None)
+            if not held:
+                del self._leases[key]

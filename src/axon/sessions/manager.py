@@ -1,10 +1,13 @@
-"""The session manager: keeps conversations, turns a chat request into a queued job,
-relays its token stream, and stores each finished reply exactly once.
+"""The session manager: the one door to conversations. It keeps them, turns a chat request
+into a queued job, relays its token stream, and stores each finished reply exactly once.
 
 Stateless: any replica serves any session. The user message is stored before the job is
 queued, and a reply is stored by whichever replica reads its completion first (the one
 relaying it, or any replica's completion consumer if that one died); the store's unique
 key on the reply id makes the second write a no-op.
+
+Every method takes the caller's ``Principal`` and scopes everything by its tenant: another
+tenant's session or reply is ``NotFound``, exactly like one that does not exist.
 """
 
 from __future__ import annotations
@@ -13,22 +16,42 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from axon.config import Settings
-from axon.core.errors import AxonError, InvalidRequest, ModelNotFound, NotFound, Timeout
+from axon.core.errors import (
+    AxonError,
+    InvalidRequest,
+    ModelNotFound,
+    NotFound,
+    PayloadTooLarge,
+    Timeout,
+)
 from axon.core.ids import new_id
-from axon.core.types import ChatMessage, Completion, FinishReason, Job, SamplingParams, Usage
+from axon.core.types import (
+    ChatMessage,
+    Completion,
+    EventKind,
+    FinishReason,
+    Job,
+    Principal,
+    SamplingParams,
+    StreamEvent,
+    Usage,
+    stream_name,
+)
 from axon.models.base import ModelInfo
 from axon.observability import metrics
 from axon.observability.logging import request_id_var, session_id_var
 from axon.queue.base import JobQueue
+from axon.sessions.admission import Admission, Reservation, StreamSlot
 from axon.sessions.cache import SessionCache
+from axon.sessions.load import LoadShedder
 from axon.sessions.prompt import fit_prompt, reply_budget
 from axon.sessions.records import MessageRecord, MessageStatus, SessionRecord
 from axon.sessions.store import AssistantReply, SessionStore
-from axon.streaming.base import Entry, TokenStreams
+from axon.streaming.base import Entry, TokenStreams, parse_id
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +59,10 @@ log = logging.getLogger(__name__)
 COMPLETION_GROUP = "session-managers"
 #: Longest a relay waits for the next entry before sending a keep-alive.
 HEARTBEAT_S = 10.0
+#: How far ahead of this replica's clock a ``Last-Event-ID`` may point (clock skew).
+_FUTURE_ID_SLACK_MS = 60_000
+#: A readiness check: returns normally when ready, raises when not.
+Check = Callable[[], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +74,63 @@ class Turn:
     reply_id: str
     #: False when an ``Idempotency-Key`` matched an earlier turn (no new job was queued).
     created: bool
+    #: ``x-ratelimit-*`` headers of the admission.
+    headers: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Final:
+    """The last event of a reply, with the stored assistant message for session turns."""
+
+    event_id: str | None
+    event: StreamEvent
+    message: MessageRecord | None
+
+
+#: What a relay yields: a token entry, the final event, or None for a keep-alive.
+Relayed = Entry | Final | None
+
+
+class Relay:
+    """An admitted request's stream. Holds the caller's open-stream slot (and, for a new
+    request, its token reservation) until iteration ends or ``aclose`` is called; a relay
+    abandoned before its final event cancels a stateless reply and settles the tokens
+    once the reply ends."""
+
+    def __init__(
+        self,
+        request_id: str,
+        model: str,
+        events: AsyncIterator[Relayed],
+        headers: Mapping[str, str],
+        cleanup: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.request_id = request_id
+        self.model = model
+        self.headers = headers
+        self._events = events
+        self._cleanup = cleanup
+
+    def __aiter__(self) -> AsyncIterator[Relayed]:
+        return self._events
+
+    async def aclose(self) -> None:
+        aclose = getattr(self._events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        await self._cleanup()
+
+
+async def _nothing() -> None:
+    return None
+
+
+def _status(reason: FinishReason) -> MessageStatus:
+    if reason is FinishReason.ERROR:
+        return "failed"
+    if reason is FinishReason.CANCELLED:
+        return "cancelled"
+    return "complete"
 
 
 class SessionManager:
@@ -59,15 +143,28 @@ class SessionManager:
         queue: JobQueue,
         streams: TokenStreams,
         models: Mapping[str, ModelInfo],
+        admission: Admission,
+        load: LoadShedder,
     ) -> None:
-        self.settings = settings
-        self.store = store
-        self.cache = cache
-        self.queue = queue
-        self.streams = streams
+        self._settings = settings
+        self._store = store
+        self._cache = cache
+        self._queue = queue
+        self._streams = streams
+        self._admission = admission
+        self._load = load
         self.models = dict(models)
         self.default_model = next(iter(self.models))
         self._consumer_name = f"{socket.gethostname()}-{new_id('sm')}"
+        self._settling: set[asyncio.Task[None]] = set()
+
+    def checks(self) -> dict[str, Check]:
+        """Readiness checks of everything a turn needs."""
+        return {
+            "store": self._store.ping,
+            "queue": self._queue.ping,
+            "streams": self._streams.ping,
+        }
 
     # -- models -----------------------------------------------------------------------
 
@@ -83,147 +180,445 @@ class SessionManager:
     # -- sessions ---------------------------------------------------------------------
 
     async def create_session(
-        self, *, title: str | None, model: str | None, system_prompt: str | None
+        self,
+        principal: Principal,
+        *,
+        title: str | None,
+        model: str | None,
+        system_prompt: str | None,
     ) -> SessionRecord:
         info = self.model(model)
-        return await self.store.create_session(
-            title=title or "New chat", model=info.name, system_prompt=system_prompt
+        if system_prompt is not None:
+            self._check_text(system_prompt, "system_prompt")
+        if title is not None:
+            self._check_text(title, "title")
+        return await self._store.create_session(
+            principal.tenant,
+            title=title or "New chat",
+            model=info.name,
+            system_prompt=system_prompt,
         )
 
-    async def history(self, session_id: str) -> list[MessageRecord]:
+    async def list_sessions(
+        self, principal: Principal, *, limit: int, after: str | None
+    ) -> tuple[list[SessionRecord], bool]:
+        return await self._store.list_sessions(principal.tenant, limit=limit, after=after)
+
+    async def get_session(
+        self, principal: Principal, session_id: str
+    ) -> tuple[SessionRecord, list[MessageRecord]]:
+        """A session and its whole conversation."""
+        session = await self._store.get_session(principal.tenant, session_id)
+        messages = await self._store.recent_messages(principal.tenant, session_id, limit=10_000)
+        return session, messages
+
+    def _cache_key(self, tenant: str, session_id: str) -> str:
+        return f"{tenant}/{session_id}"
+
+    async def _history(self, tenant: str, session_id: str) -> list[MessageRecord]:
         """The newest messages of a session (the prompt's source), from the cache if warm."""
-        cached = await self.cache.get(session_id)
+        key = self._cache_key(tenant, session_id)
+        cached = await self._cache.get(key)
         if cached is not None:
             return cached
-        recent = await self.store.recent_messages(session_id, self.settings.store.history_messages)
-        await self.cache.put(session_id, recent)
+        limit = self._settings.store.history_messages
+        recent = await self._store.recent_messages(tenant, session_id, limit)
+        await self._cache.put(key, recent)
         return recent
 
-    async def delete_session(self, session_id: str) -> None:
-        await self.store.delete_session(session_id)
-        await self.cache.invalidate(session_id)
+    async def delete_session(self, principal: Principal, session_id: str) -> None:
+        await self._store.delete_session(principal.tenant, session_id)
+        await self._cache.invalidate(self._cache_key(principal.tenant, session_id))
 
-    # -- turns ------------------------------------------------------------------------
+    # -- admission --------------------------------------------------------------------
+
+    def _check_text(self, text: str, param: str) -> None:
+        cap = self._settings.limits.max_message_chars
+        if len(text) > cap:
+            raise PayloadTooLarge(
+                f"{param} is {len(text)} characters; at most {cap} are accepted", param=param
+            )
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidRequest(
+                f"{param} is not valid Unicode (it holds a lone surrogate)", param=param
+            ) from None
+
+    def _check_messages(self, messages: Sequence[ChatMessage]) -> None:
+        cap = self._settings.limits.max_messages
+        if len(messages) > cap:
+            raise InvalidRequest(
+                f"the request has {len(messages)} messages; at most {cap} are accepted",
+                param="messages",
+            )
+        for i, message in enumerate(messages):
+            self._check_text(message.content, f"messages.{i}.content")
 
     def _job(
         self,
+        principal: Principal,
         request_id: str,
         model: str,
         messages: list[ChatMessage],
         params: SamplingParams,
         session_id: str | None,
     ) -> Job:
+        now = time.time()
         return Job(
             request_id=request_id,
             model=model,
             messages=messages,
             params=params,
             session_id=session_id,
-            deadline=time.time() + self.settings.server.request_timeout_s,
+            tenant=principal.tenant,
+            deadline=now + self._settings.server.request_timeout_s,
+            enqueued_at=now,
         )
 
     def _budget(self, info: ModelInfo, params: SamplingParams) -> int:
-        return reply_budget(info, params.max_tokens, self.settings.engine.default_max_tokens)
+        return reply_budget(info, params.max_tokens, self._settings.engine.default_max_tokens)
+
+    def _check_prompt_cap(self, used: int) -> None:
+        cap = self._settings.limits.max_prompt_tokens
+        if cap and used > cap:
+            raise InvalidRequest(
+                f"the prompt is {used} tokens; this server accepts at most {cap} prompt "
+                "tokens per request",
+                param="messages",
+            )
+
+    async def _fit(
+        self,
+        info: ModelInfo,
+        *,
+        system: str | None,
+        history: list[ChatMessage],
+        new: list[ChatMessage],
+        reserve: int,
+    ) -> tuple[list[ChatMessage], int]:
+        """The prompt and its token count. Tokenizing is CPU work that grows with the
+        input: it runs in a thread so a large request never stalls the event loop."""
+
+        def work() -> tuple[list[ChatMessage], int]:
+            prompt = fit_prompt(info, system=system, history=history, new=new, reserve=reserve)
+            return prompt, info.tokenizer.count_prompt(prompt)
+
+        prompt, used = await asyncio.to_thread(work)
+        self._check_prompt_cap(used)
+        return prompt, used
+
+    async def _open(self, principal: Principal, holder: str) -> StreamSlot:
+        return await self._admission.open_stream(principal, holder)
+
+    # -- turns ------------------------------------------------------------------------
 
     async def start_turn(
         self,
+        principal: Principal,
         session_id: str,
         content: str,
         params: SamplingParams,
         *,
         idempotency_key: str | None = None,
-    ) -> Turn:
-        """Store the user's message, then queue the job that answers it."""
+    ) -> tuple[Turn, Relay]:
+        """Store the user's message, then queue the job that answers it. Returns the turn
+        and the relay of its reply."""
         session_id_var.set(session_id)
+        tenant = principal.tenant
         if not content.strip():
             raise InvalidRequest("content must not be empty", param="content")
-        session = await self.store.get_session(session_id)
+        self._check_text(content, "content")
+        session = await self._store.get_session(tenant, session_id)
         info = self.model(session.model)
+        if idempotency_key is not None:
+            earlier = await self._replay_turn(principal, session, idempotency_key)
+            if earlier is not None:
+                return earlier
+        self._load.check(info.name)
         history = [
             ChatMessage(role=m.role, content=m.content)
-            for m in await self.history(session_id)
+            for m in await self._history(tenant, session_id)
             if m.status == "complete" or m.role == "user"
         ]
+        budget = self._budget(info, params)
         # Refuse before storing anything: a message that can never fit is a 400, not a turn.
-        prompt = fit_prompt(
+        prompt, used = await self._fit(
             info,
             system=session.system_prompt,
             history=history,
             new=[ChatMessage(role="user", content=content)],
-            reserve=self._budget(info, params),
+            reserve=budget,
         )
+        await self._load.check_depth(self._queue, info.name)
         reply_id = new_id("msg")
-        request_id_var.set(reply_id)
-        user_message, created = await self.store.add_user_message(
-            session_id, content=content, reply_id=reply_id, idempotency_key=idempotency_key
-        )
-        if not created:
-            return Turn(session, user_message, user_message.reply_id or reply_id, False)
-        await self.cache.append(session_id, user_message)
-        job = self._job(reply_id, info.name, prompt, params, session_id)
+        reservation = await self._admission.admit(principal, used + budget)
+        slot = await self._open(principal, reply_id)
         try:
-            await self.queue.publish(job)
-        except AxonError as exc:
-            # The turn was not accepted; record why, so the history never shows a question
-            # waiting forever for an answer that will not come.
-            await self.record(
-                Completion(
-                    request_id=reply_id,
-                    session_id=session_id,
-                    model=info.name,
-                    text="",
-                    finish_reason=FinishReason.ERROR,
-                    usage=Usage(),
-                    error_code=exc.code,
-                    error_message=exc.message,
-                )
+            request_id_var.set(reply_id)
+            user_message, created = await self._store.add_user_message(
+                tenant,
+                session_id,
+                content=content,
+                reply_id=reply_id,
+                idempotency_key=idempotency_key,
             )
+            if not created:
+                # A concurrent retry with the same key stored first: follow its turn.
+                await self._admission.settle(reservation, 0)
+                earlier_id = user_message.reply_id or reply_id
+                turn = Turn(session, user_message, earlier_id, False, reservation.headers)
+                relay = self._relay(principal, session_id, earlier_id, info.name, None, slot)
+                return turn, relay
+            await self._cache.append(self._cache_key(tenant, session_id), user_message)
+            job = self._job(principal, reply_id, info.name, prompt, params, session_id)
+            await self._publish(job, reservation)
+        except BaseException:
+            await self._admission.close_stream(slot)
             raise
-        metrics.JOBS_PUBLISHED.labels(info.name).inc()
-        return Turn(session, user_message, reply_id, True)
+        turn = Turn(session, user_message, reply_id, True, reservation.headers)
+        relay = self._relay(
+            principal, session_id, reply_id, info.name, None, slot, reservation=reservation
+        )
+        return turn, relay
+
+    async def _replay_turn(
+        self, principal: Principal, session: SessionRecord, key: str
+    ) -> tuple[Turn, Relay] | None:
+        """The turn an ``Idempotency-Key`` already started, if any: a retry returns it
+        without queueing, storing or charging anything again."""
+        earlier = await self._store.find_by_idempotency_key(principal.tenant, session.id, key)
+        if earlier is None or earlier.reply_id is None:
+            return None
+        slot = await self._open(principal, new_id("attach"))
+        relay = self._relay(principal, session.id, earlier.reply_id, session.model, None, slot)
+        return Turn(session, earlier, earlier.reply_id, False, {}), relay
+
+    async def _publish(self, job: Job, reservation: Reservation) -> None:
+        try:
+            await self._queue.publish(job)
+        except AxonError as exc:
+            await self._admission.settle(reservation, 0)
+            if job.session_id is not None:
+                # The turn was not accepted; record why, so the history never shows a
+                # question waiting forever for an answer that will not come.
+                await self.record(
+                    Completion(
+                        request_id=job.request_id,
+                        session_id=job.session_id,
+                        tenant=job.tenant,
+                        model=job.model,
+                        text="",
+                        finish_reason=FinishReason.ERROR,
+                        usage=Usage(),
+                        error_code=exc.code,
+                        error_message=exc.message,
+                    )
+                )
+            raise
+        metrics.JOBS_PUBLISHED.labels(job.model).inc()
 
     async def start_completion(
-        self, model: str | None, messages: Sequence[ChatMessage], params: SamplingParams
-    ) -> str:
-        """Queue a stateless (OpenAI-style) completion; returns its request id."""
+        self,
+        principal: Principal,
+        model: str | None,
+        messages: Sequence[ChatMessage],
+        params: SamplingParams,
+    ) -> Relay:
+        """Queue a stateless (OpenAI-style) completion; returns the relay of its reply."""
         info = self.model(model)
         if not messages:
             raise InvalidRequest("messages must not be empty", param="messages")
-        prompt = fit_prompt(
-            info, system=None, history=[], new=list(messages), reserve=self._budget(info, params)
+        self._check_messages(messages)
+        self._load.check(info.name)
+        budget = self._budget(info, params)
+        prompt, used = await self._fit(
+            info, system=None, history=[], new=list(messages), reserve=budget
         )
+        await self._load.check_depth(self._queue, info.name)
         request_id = new_id("chatcmpl")
         request_id_var.set(request_id)
-        await self.queue.publish(self._job(request_id, info.name, prompt, params, None))
-        metrics.JOBS_PUBLISHED.labels(info.name).inc()
-        return request_id
+        reservation = await self._admission.admit(principal, used + budget)
+        slot = await self._open(principal, request_id)
+        try:
+            await self._publish(
+                self._job(principal, request_id, info.name, prompt, params, None), reservation
+            )
+        except BaseException:
+            await self._admission.close_stream(slot)
+            raise
+        return self._relay(
+            principal,
+            None,
+            request_id,
+            info.name,
+            None,
+            slot,
+            reservation=reservation,
+            measure=True,
+        )
 
-    async def find_reply(self, session_id: str, reply_id: str) -> MessageRecord | None:
+    # -- replies ----------------------------------------------------------------------
+
+    async def reattach(
+        self, principal: Principal, session_id: str, reply_id: str, after: str | None
+    ) -> Relay:
+        """Re-attach to a reply in progress, or replay a finished one, after ``after``."""
+        if after is not None:
+            self._check_position(after)
+        tenant = principal.tenant
+        stored = await self._find_reply(tenant, session_id, reply_id)
+        session = await self._store.get_session(tenant, session_id)
+        stream = stream_name(tenant, reply_id)
+        if stored is not None and not await self._streams.read(stream):
+            # Finished long ago: the stream expired, the store still has the whole reply.
+            return Relay(reply_id, session.model, self._replay(stored), {}, _nothing)
+        slot = await self._open(principal, new_id("attach"))
+        return self._relay(principal, session_id, reply_id, session.model, after, slot)
+
+    def _check_position(self, position: str) -> None:
+        try:
+            ms, _ = parse_id(position)
+        except ValueError:
+            raise InvalidRequest(
+                f"Last-Event-ID {position[:64]!r} is not an event id of this stream",
+                param="Last-Event-ID",
+            ) from None
+        if ms < 0 or ms > time.time() * 1000 + _FUTURE_ID_SLACK_MS:
+            # An id from the future would hold the stream open, waiting for nothing.
+            raise InvalidRequest(
+                "Last-Event-ID is later than any event of this stream", param="Last-Event-ID"
+            )
+
+    async def _replay(self, stored: MessageRecord) -> AsyncIterator[Relayed]:
+        event = StreamEvent(
+            kind=EventKind.ERROR if stored.status == "failed" else EventKind.DONE,
+            text=stored.content,
+            finish_reason=stored.finish_reason,
+            usage=Usage(
+                prompt_tokens=stored.prompt_tokens or 0,
+                completion_tokens=stored.completion_tokens or 0,
+            ),
+            error_code=stored.error_code,
+            error_message="the reply failed" if stored.status == "failed" else None,
+        )
+        yield Final(None, event, stored)
+
+    async def _find_reply(
+        self, tenant: str, session_id: str, reply_id: str
+    ) -> MessageRecord | None:
         """The stored reply, or None while it is in progress; ``NotFound`` if no turn of
-        this session asked for it."""
-        if await self.store.find_turn(session_id, reply_id) is None:
-            await self.store.get_session(session_id)  # a 404 for the session comes first
+        this session (of this tenant) asked for it."""
+        if await self._store.find_turn(tenant, session_id, reply_id) is None:
+            await self._store.get_session(tenant, session_id)  # a 404 for the session first
             raise NotFound(f"no reply {reply_id!r} in session {session_id!r}", param="message_id")
-        return await self.store.get_message(session_id, reply_id)
+        return await self._store.get_message(tenant, session_id, reply_id)
 
-    async def cancel(self, request_id: str) -> None:
-        await self.streams.cancel(request_id)
+    async def cancel_reply(self, principal: Principal, session_id: str, reply_id: str) -> bool:
+        """Stop generating a reply; False when it had already finished."""
+        stored = await self._find_reply(principal.tenant, session_id, reply_id)
+        if stored is not None:
+            return False
+        await self._streams.cancel(stream_name(principal.tenant, reply_id))
+        return True
 
-    async def events(
-        self, request_id: str, after: str | None = None, *, measure: bool = False
+    async def _cancel(self, tenant: str, request_id: str) -> None:
+        await self._streams.cancel(stream_name(tenant, request_id))
+
+    def _relay(
+        self,
+        principal: Principal,
+        session_id: str | None,
+        request_id: str,
+        model: str,
+        after: str | None,
+        slot: StreamSlot,
+        *,
+        reservation: Reservation | None = None,
+        measure: bool = False,
+    ) -> Relay:
+        tenant = principal.tenant
+        finals: list[Final] = []
+        cleaned = False
+
+        async def cleanup() -> None:
+            nonlocal cleaned
+            if cleaned:
+                return
+            cleaned = True
+            self._load.started(request_id)
+            await self._admission.close_stream(slot)
+            if not finals and reservation is not None:
+                if session_id is None:
+                    # Nobody else reads a stateless reply: stop spending engine steps on it.
+                    await self._cancel_quietly(tenant, request_id)
+                self._settle_later(tenant, request_id, reservation)
+
+        async def events() -> AsyncIterator[Relayed]:
+            self._load.waiting(request_id, model)
+            try:
+                async for item in self._entries(stream_name(tenant, request_id), after, measure):
+                    if item is None or not item[1].final:
+                        if item is not None:
+                            self._load.started(request_id)
+                        yield item
+                        continue
+                    message = None
+                    if session_id is not None:
+                        message = await self._store_reply(
+                            tenant, session_id, request_id, model, item[1]
+                        )
+                    finals.append(Final(item[0], item[1], message))
+                    if reservation is not None:
+                        await self._settle(reservation, item[1])
+                    yield finals[0]
+                    return
+            finally:
+                await cleanup()
+
+        headers = reservation.headers if reservation is not None else {}
+        return Relay(request_id, model, events(), headers, cleanup)
+
+    async def _cancel_quietly(self, tenant: str, request_id: str) -> None:
+        try:
+            await self._cancel(tenant, request_id)
+        except AxonError:
+            log.warning("could not cancel an abandoned reply")
+
+    async def _settle(self, reservation: Reservation, event: StreamEvent) -> None:
+        usage = event.usage or Usage()
+        await self._admission.settle(reservation, usage.total_tokens)
+
+    def _settle_later(self, tenant: str, request_id: str, reservation: Reservation) -> None:
+        """The client left before the reply ended: wait for the final event in the
+        background and settle the reservation with what the reply really used."""
+
+        async def wait() -> None:
+            try:
+                async for item in self._entries(stream_name(tenant, request_id), None, False):
+                    if item is not None and item[1].final:
+                        await self._settle(reservation, item[1])
+                        return
+            except AxonError:
+                log.warning("could not settle an abandoned reply's tokens")
+
+        task = asyncio.get_running_loop().create_task(wait())
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _entries(
+        self, stream: str, after: str | None, measure: bool
     ) -> AsyncIterator[Entry | None]:
-        """Relay a request's stream from after ``after`` to its final event. Yields None
-        as a keep-alive when nothing arrived for a while. With ``measure``, the time to
-        the first token (from this call) is recorded."""
+        """Read a stream from after ``after`` to its final event. Yields None as a
+        keep-alive when nothing arrived for a while. With ``measure``, the time to the
+        first token (from this call) is recorded."""
         started = time.monotonic()
-        deadline = started + self.settings.server.request_timeout_s
+        deadline = started + self._settings.server.request_timeout_s
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise Timeout("the reply did not finish in time")
-            entries = await self.streams.read(
-                request_id, after, timeout_s=min(HEARTBEAT_S, remaining)
-            )
+            entries = await self._streams.read(stream, after, timeout_s=min(HEARTBEAT_S, remaining))
             if not entries:
                 yield None
                 continue
@@ -236,22 +631,36 @@ class SessionManager:
                     return
             after = entries[-1][0]
 
+    async def _store_reply(
+        self, tenant: str, session_id: str, reply_id: str, model: str, event: StreamEvent
+    ) -> MessageRecord | None:
+        """Store the reply now (the completion consumer would too: one of them wins) so
+        that the history read right after the final event already has it."""
+        completion = Completion(
+            request_id=reply_id,
+            session_id=session_id,
+            tenant=tenant,
+            model=model,
+            text=event.text,
+            finish_reason=event.finish_reason or FinishReason.ERROR,
+            usage=event.usage or Usage(),
+            error_code=event.error_code,
+            error_message=event.error_message,
+        )
+        stored = await self.record(completion)
+        return stored or await self._store.get_message(tenant, session_id, reply_id)
+
     # -- completions ------------------------------------------------------------------
 
     async def record(self, completion: Completion) -> MessageRecord | None:
         """Store a finished reply (no-op if stored before) and add it to the cache."""
         if completion.session_id is None:
             return None
-        status: MessageStatus
-        if completion.finish_reason is FinishReason.ERROR:
-            status = "failed"
-        elif completion.finish_reason is FinishReason.CANCELLED:
-            status = "cancelled"
-        else:
-            status = "complete"
-        stored = await self.store.add_assistant_message(
+        status = _status(completion.finish_reason)
+        stored = await self._store.add_assistant_message(
             AssistantReply(
                 id=completion.request_id,
+                tenant=completion.tenant,
                 session_id=completion.session_id,
                 content=completion.text,
                 status=status,
@@ -263,7 +672,8 @@ class SessionManager:
         )
         if stored is not None:
             metrics.REPLIES_STORED.labels(status).inc()
-            await self.cache.append(completion.session_id, stored)
+            key = self._cache_key(completion.tenant, completion.session_id)
+            await self._cache.append(key, stored)
         return stored
 
     async def consume_completions(self) -> None:
@@ -271,14 +681,20 @@ class SessionManager:
         Runs for the life of the process, on every replica, in one consumer group."""
         while True:
             try:
-                batch = await self.streams.read_completions(
+                batch = await self._streams.read_completions(
                     COMPLETION_GROUP, self._consumer_name, timeout_s=5.0
                 )
                 for completion_id, completion in batch:
                     await self.record(completion)
-                    await self.streams.ack_completion(COMPLETION_GROUP, completion_id)
+                    await self._streams.ack_completion(COMPLETION_GROUP, completion_id)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("storing completions failed; retrying")
                 await asyncio.sleep(1.0)
+
+    async def close(self) -> None:
+        """Stop background settlements (their reservations then expire with the window)."""
+        for task in list(self._settling):
+            task.cancel()
+        await asyncio.gather(*self._settling, return_exceptions=True)

@@ -38,11 +38,17 @@ def fit_prompt(
     ``new`` must fit (with the system prompt) in ``context_window - reserve``, else
     ``ContextWindowExceeded``. History is dropped oldest first, a whole message at a time,
     and never starts with an assistant message (a reply without its question misleads).
+
+    Takes time linear in the messages and their text, however many there are: each kept
+    history message is counted once on its own, and the whole prompt is rendered twice
+    (the required part, then the result) unless the template's per-message costs do not
+    add up (see ``_drop_until_it_fits``).
     """
+    tokenizer = info.tokenizer
     budget = info.context_window - reserve
     head = [ChatMessage(role="system", content=system)] if system else []
-    required = head + list(new)
-    used = info.tokenizer.count_prompt(required)
+    tail = list(new)
+    used = tokenizer.count_prompt(head + tail)
     if used > budget:
         raise ContextWindowExceeded(
             f"the message is {used} tokens with the system prompt, but the model "
@@ -50,22 +56,54 @@ def fit_prompt(
             f"({info.context_window} in its context window, {reserve} kept for the reply)",
             param="messages",
         )
-    kept: list[ChatMessage] = []
-    for message in reversed(history):
-        cost = info.tokenizer.count_message(message)
+    start = len(history)
+    while start > 0:
+        cost = tokenizer.count_message(history[start - 1])
         if used + cost > budget:
             break
         used += cost
-        kept.append(message)
-    kept.reverse()
-    while kept and kept[0].role == "assistant":
-        kept.pop(0)
-    prompt = head + kept + list(new)
+        start -= 1
+    start = _question_at_or_after(history, start)
+    prompt = [*head, *history[start:], *tail]
     # The per-message costs are exact for ChatML, but check the real total once and
     # drop further turns if a template joins messages differently.
-    while kept and info.tokenizer.count_prompt(prompt) > budget:
-        kept.pop(0)
-        while kept and kept[0].role == "assistant":
-            kept.pop(0)
-        prompt = head + kept + list(new)
+    if start < len(history) and tokenizer.count_prompt(prompt) > budget:
+        start = _drop_until_it_fits(info, head, history, tail, start, budget)
+        prompt = [*head, *history[start:], *tail]
     return prompt
+
+
+def _question_at_or_after(history: Sequence[ChatMessage], start: int) -> int:
+    """The first index from ``start`` on where the kept history may begin: not at an
+    assistant message (``len(history)`` when there is none)."""
+    while start < len(history) and history[start].role == "assistant":
+        start += 1
+    return start
+
+
+def _drop_until_it_fits(
+    info: ModelInfo,
+    head: list[ChatMessage],
+    history: Sequence[ChatMessage],
+    tail: list[ChatMessage],
+    too_long: int,
+    budget: int,
+) -> int:
+    """The smallest start after ``too_long`` (whose prompt is over ``budget``) at which
+    the prompt fits, by bisection over the real count: dropping turns one at a time and
+    rendering each time would be quadratic. Every prompt rendered here is at most the one
+    that was just over the budget, so this costs O(context window x log(messages)).
+
+    Assumes a shorter history never makes a longer prompt, which holds for any template
+    that renders each message once.
+    """
+    starts = [s for s in range(too_long + 1, len(history)) if history[s].role != "assistant"]
+    starts.append(len(history))  # no history at all: known to fit
+    lo, hi = 0, len(starts) - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if info.tokenizer.count_prompt([*head, *history[starts[mid] :], *tail]) <= budget:
+            hi = mid
+        else:
+            lo = mid + 1
+    return starts[lo]

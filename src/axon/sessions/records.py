@@ -14,6 +14,7 @@ MessageStatus = Literal["complete", "failed", "cancelled"]
 
 class SessionRecord(BaseModel):
     id: str
+    tenant: str
     title: str
     model: str
     system_prompt: str | None = None
@@ -24,6 +25,7 @@ class SessionRecord(BaseModel):
 class MessageRecord(BaseModel):
     id: str
     session_id: str
+    tenant: str
     #: Position in the conversation, assigned by the store; orders the history.
     seq: int
     role: Role

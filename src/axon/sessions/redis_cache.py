@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 from pydantic import ValidationError
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from axon.core.errors import Unavailable
+from axon.redis_client import unavailable
 from axon.sessions.cache import SessionCache
 from axon.sessions.records import MessageRecord
 
@@ -40,14 +36,6 @@ redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('EXPIRE', KEYS[2], ARGV[5])
 return 1
 """
-
-
-@contextmanager
-def _unavailable() -> Iterator[None]:
-    try:
-        yield
-    except (RedisConnectionError, RedisTimeoutError, ReadOnlyError) as exc:
-        raise Unavailable("Redis is unavailable") from exc
 
 
 def _text(value: bytes | str) -> str:
@@ -79,7 +67,7 @@ class RedisSessionCache(SessionCache):
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.hgetall(messages_key)
             pipe.zrange(order_key, 0, -1)
-            with _unavailable():
+            with unavailable():
                 raw, order = await pipe.execute()
         if not raw:
             return None
@@ -110,11 +98,11 @@ class RedisSessionCache(SessionCache):
                 pipe.zadd(order_key, {m.id: m.seq for m in window})
                 pipe.expire(order_key, self._ttl_s)
             pipe.expire(messages_key, self._ttl_s)
-            with _unavailable():
+            with unavailable():
                 await pipe.execute()
 
     async def append(self, session_id: str, message: MessageRecord) -> None:
-        with _unavailable():
+        with unavailable():
             await self._append(
                 keys=list(self._keys(session_id)),
                 args=[
@@ -127,5 +115,5 @@ class RedisSessionCache(SessionCache):
             )
 
     async def invalidate(self, session_id: str) -> None:
-        with _unavailable():
+        with unavailable():
             await self._client.delete(*self._keys(session_id))

@@ -5,7 +5,7 @@ confined to the upsert helper and the connect arguments."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,8 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from axon.core.errors import NotFound, StoreUnavailable
 from axon.core.ids import new_id
 from axon.sessions.records import MessageRecord, SessionRecord
-from axon.sessions.schema import messages, sessions
 from axon.sessions.store import AssistantReply, SessionStore
+from axon.sessions.tables import messages, sessions
 
 
 def ensure_sqlite_dir(url: str) -> None:
@@ -35,7 +35,9 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     tries in turn, so a Multi-AZ failover only costs a reconnect."""
     if url.startswith("sqlite"):
         ensure_sqlite_dir(url)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        # hide_parameters: a failed statement's message must not carry user text (message
+        # content) into error logs.
+        engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
 
         @sa.event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -50,6 +52,7 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         return engine
     return create_async_engine(
         url,
+        hide_parameters=True,
         pool_size=pool_size,
         # A connection the database dropped (failover, idle timeout) is detected
         # before use instead of failing the request that drew it.
@@ -71,6 +74,7 @@ def _session(row: sa.Row[Any]) -> SessionRecord:
     m = row._mapping
     return SessionRecord(
         id=m["id"],
+        tenant=m["tenant"],
         title=m["title"],
         model=m["model"],
         system_prompt=m["system_prompt"],
@@ -86,31 +90,35 @@ def _message(row: sa.Row[Any]) -> MessageRecord:
     return MessageRecord.model_validate(m)
 
 
+@asynccontextmanager
+async def transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """One transaction; a store that cannot be reached becomes ``StoreUnavailable``."""
+    try:
+        async with engine.begin() as conn:
+            yield conn
+    except (OperationalError, OSError, ConnectionError) as exc:
+        raise StoreUnavailable(f"the session store is unavailable: {type(exc).__name__}") from exc
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise StoreUnavailable("the session store connection was lost") from exc
+        raise
+
+
 class SqlSessionStore(SessionStore):
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
 
-    @asynccontextmanager
-    async def _tx(self) -> AsyncIterator[AsyncConnection]:
-        try:
-            async with self.engine.begin() as conn:
-                yield conn
-        except (OperationalError, OSError, ConnectionError) as exc:
-            raise StoreUnavailable(
-                f"the session store is unavailable: {type(exc).__name__}"
-            ) from exc
-        except DBAPIError as exc:
-            if exc.connection_invalidated:
-                raise StoreUnavailable("the session store connection was lost") from exc
-            raise
+    def _tx(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        return transaction(self.engine)
 
     async def create_session(
-        self, *, title: str, model: str, system_prompt: str | None
+        self, tenant: str, *, title: str, model: str, system_prompt: str | None
     ) -> SessionRecord:
         now = _now()
         record = SessionRecord(
             id=new_id("sess"),
+            tenant=tenant,
             title=title,
             model=model,
             system_prompt=system_prompt,
@@ -121,42 +129,58 @@ class SqlSessionStore(SessionStore):
             await conn.execute(sessions.insert().values(**record.model_dump()))
         return record
 
-    async def get_session(self, session_id: str) -> SessionRecord:
+    async def get_session(self, tenant: str, session_id: str) -> SessionRecord:
+        query = sa.select(sessions).where(sessions.c.id == session_id, sessions.c.tenant == tenant)
         async with self._tx() as conn:
-            row = (
-                await conn.execute(sa.select(sessions).where(sessions.c.id == session_id))
-            ).first()
+            row = (await conn.execute(query)).first()
         if row is None:
             raise NotFound(f"no session with id {session_id!r}", param="session_id")
         return _session(row)
 
     async def list_sessions(
-        self, *, limit: int, after: str | None = None
+        self, tenant: str, *, limit: int, after: str | None = None
     ) -> tuple[list[SessionRecord], bool]:
         # Ids begin with their creation time, so id order is creation order.
-        query = sa.select(sessions).order_by(sessions.c.id.desc()).limit(limit + 1)
+        query = (
+            sa.select(sessions)
+            .where(sessions.c.tenant == tenant)
+            .order_by(sessions.c.id.desc())
+            .limit(limit + 1)
+        )
         if after:
             query = query.where(sessions.c.id < after)
         async with self._tx() as conn:
             rows = (await conn.execute(query)).all()
         return [_session(r) for r in rows[:limit]], len(rows) > limit
 
-    async def delete_session(self, session_id: str) -> None:
+    async def delete_session(self, tenant: str, session_id: str) -> None:
         async with self._tx() as conn:
-            # Explicit, so that a store without cascading foreign keys stays clean too.
-            await conn.execute(messages.delete().where(messages.c.session_id == session_id))
-            result = await conn.execute(sessions.delete().where(sessions.c.id == session_id))
+            result = await conn.execute(
+                sessions.delete().where(sessions.c.id == session_id, sessions.c.tenant == tenant)
+            )
+            if result.rowcount:
+                # Explicit, so that a store without cascading foreign keys stays clean too.
+                await conn.execute(
+                    messages.delete().where(
+                        messages.c.session_id == session_id, messages.c.tenant == tenant
+                    )
+                )
         if result.rowcount == 0:
             raise NotFound(f"no session with id {session_id!r}", param="session_id")
 
-    async def _touch(self, conn: AsyncConnection, session_id: str, when: datetime) -> bool:
+    async def _touch(
+        self, conn: AsyncConnection, tenant: str, session_id: str, when: datetime
+    ) -> bool:
         result = await conn.execute(
-            sessions.update().where(sessions.c.id == session_id).values(updated_at=when)
+            sessions.update()
+            .where(sessions.c.id == session_id, sessions.c.tenant == tenant)
+            .values(updated_at=when)
         )
         return bool(result.rowcount)
 
     async def add_user_message(
         self,
+        tenant: str,
         session_id: str,
         *,
         content: str,
@@ -167,6 +191,7 @@ class SqlSessionStore(SessionStore):
         values = {
             "id": new_id("msg"),
             "session_id": session_id,
+            "tenant": tenant,
             "role": "user",
             "content": content,
             "status": "complete",
@@ -175,7 +200,7 @@ class SqlSessionStore(SessionStore):
             "idempotency_key": idempotency_key,
         }
         async with self._tx() as conn:
-            if not await self._touch(conn, session_id, now):
+            if not await self._touch(conn, tenant, session_id, now):
                 raise NotFound(f"no session with id {session_id!r}", param="session_id")
             if idempotency_key is not None:
                 stmt = (
@@ -198,6 +223,18 @@ class SqlSessionStore(SessionStore):
             ).one()
             return _message(row), False
 
+    async def find_by_idempotency_key(
+        self, tenant: str, session_id: str, key: str
+    ) -> MessageRecord | None:
+        query = sa.select(messages).where(
+            messages.c.session_id == session_id,
+            messages.c.tenant == tenant,
+            messages.c.idempotency_key == key,
+        )
+        async with self._tx() as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else _message(row)
+
     async def add_assistant_message(self, reply: AssistantReply) -> MessageRecord | None:
         now = _now()
         stmt = (
@@ -205,6 +242,7 @@ class SqlSessionStore(SessionStore):
             .values(
                 id=reply.id,
                 session_id=reply.session_id,
+                tenant=reply.tenant,
                 role="assistant",
                 content=reply.content,
                 status=reply.status,
@@ -217,19 +255,28 @@ class SqlSessionStore(SessionStore):
             .on_conflict_do_nothing(index_elements=["id"])
             .returning(messages)
         )
+        exists = sa.select(sessions.c.id).where(
+            sessions.c.id == reply.session_id, sessions.c.tenant == reply.tenant
+        )
         try:
             async with self._tx() as conn:
-                if not await self._touch(conn, reply.session_id, now):
+                if (await conn.execute(exists)).first() is None:
                     return None  # the session was deleted while the reply was generated
+                # Insert first: only the write that stored the reply touches the session,
+                # so a losing duplicate changes nothing at all.
                 row = (await conn.execute(stmt)).first()
+                if row is not None:
+                    await self._touch(conn, reply.tenant, reply.session_id, now)
         except IntegrityError:
-            return None  # deleted between the two statements
+            return None  # the session was deleted between the two statements
         return None if row is None else _message(row)
 
-    async def recent_messages(self, session_id: str, limit: int) -> list[MessageRecord]:
+    async def recent_messages(
+        self, tenant: str, session_id: str, limit: int
+    ) -> list[MessageRecord]:
         query = (
             sa.select(messages)
-            .where(messages.c.session_id == session_id)
+            .where(messages.c.session_id == session_id, messages.c.tenant == tenant)
             .order_by(messages.c.pos.desc())
             .limit(limit)
         )
@@ -237,17 +284,23 @@ class SqlSessionStore(SessionStore):
             rows = (await conn.execute(query)).all()
         return [_message(r) for r in reversed(rows)]
 
-    async def get_message(self, session_id: str, message_id: str) -> MessageRecord | None:
+    async def get_message(
+        self, tenant: str, session_id: str, message_id: str
+    ) -> MessageRecord | None:
         query = sa.select(messages).where(
-            messages.c.session_id == session_id, messages.c.id == message_id
+            messages.c.session_id == session_id,
+            messages.c.tenant == tenant,
+            messages.c.id == message_id,
         )
         async with self._tx() as conn:
             row = (await conn.execute(query)).first()
         return None if row is None else _message(row)
 
-    async def find_turn(self, session_id: str, reply_id: str) -> MessageRecord | None:
+    async def find_turn(self, tenant: str, session_id: str, reply_id: str) -> MessageRecord | None:
         query = sa.select(messages).where(
-            messages.c.session_id == session_id, messages.c.reply_id == reply_id
+            messages.c.session_id == session_id,
+            messages.c.tenant == tenant,
+            messages.c.reply_id == reply_id,
         )
         async with self._tx() as conn:
             row = (await conn.execute(query)).first()

@@ -14,6 +14,7 @@ class AssistantReply:
     """A finished reply to store. ``id`` is the request id, so storing it twice is a no-op."""
 
     id: str
+    tenant: str
     session_id: str
     content: str
     status: MessageStatus
@@ -24,31 +25,35 @@ class AssistantReply:
 
 
 class SessionStore(abc.ABC):
-    """Every write is idempotent: a retried insert of the same message stores nothing new."""
+    """Every write is idempotent: a retried insert of the same message stores nothing new.
+
+    Every method is scoped by ``tenant``: a session of another tenant behaves exactly like
+    a session that does not exist (``NotFound``, the same message)."""
 
     @abc.abstractmethod
     async def create_session(
-        self, *, title: str, model: str, system_prompt: str | None
+        self, tenant: str, *, title: str, model: str, system_prompt: str | None
     ) -> SessionRecord: ...
 
     @abc.abstractmethod
-    async def get_session(self, session_id: str) -> SessionRecord:
+    async def get_session(self, tenant: str, session_id: str) -> SessionRecord:
         """Raise ``NotFound`` for an unknown id."""
 
     @abc.abstractmethod
     async def list_sessions(
-        self, *, limit: int, after: str | None = None
+        self, tenant: str, *, limit: int, after: str | None = None
     ) -> tuple[list[SessionRecord], bool]:
         """Newest first; ``after`` is the id of the last session of the previous page.
         Returns the page and whether more follow."""
 
     @abc.abstractmethod
-    async def delete_session(self, session_id: str) -> None:
+    async def delete_session(self, tenant: str, session_id: str) -> None:
         """Delete a session and its messages; raise ``NotFound`` for an unknown id."""
 
     @abc.abstractmethod
     async def add_user_message(
         self,
+        tenant: str,
         session_id: str,
         *,
         content: str,
@@ -59,19 +64,29 @@ class SessionStore(abc.ABC):
         ``idempotency_key`` already used in this session, returns the earlier message."""
 
     @abc.abstractmethod
+    async def find_by_idempotency_key(
+        self, tenant: str, session_id: str, key: str
+    ) -> MessageRecord | None:
+        """The user message stored earlier with this ``Idempotency-Key``, if any."""
+
+    @abc.abstractmethod
     async def add_assistant_message(self, reply: AssistantReply) -> MessageRecord | None:
         """Store a reply exactly once; returns it, or None when it was stored before or
         its session is gone."""
 
     @abc.abstractmethod
-    async def recent_messages(self, session_id: str, limit: int) -> list[MessageRecord]:
+    async def recent_messages(
+        self, tenant: str, session_id: str, limit: int
+    ) -> list[MessageRecord]:
         """The newest ``limit`` messages, oldest first."""
 
     @abc.abstractmethod
-    async def get_message(self, session_id: str, message_id: str) -> MessageRecord | None: ...
+    async def get_message(
+        self, tenant: str, session_id: str, message_id: str
+    ) -> MessageRecord | None: ...
 
     @abc.abstractmethod
-    async def find_turn(self, session_id: str, reply_id: str) -> MessageRecord | None:
+    async def find_turn(self, tenant: str, session_id: str, reply_id: str) -> MessageRecord | None:
         """The user message whose reply is ``reply_id``."""
 
     @abc.abstractmethod

@@ -4,18 +4,15 @@ completion stream that session managers read through a consumer group."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import ValidationError
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import ResponseError
 
-from axon.core.errors import Unavailable
 from axon.core.types import Completion, StreamEvent
+from axon.redis_client import unavailable
 from axon.streaming.base import Entry, TokenStreams
 
 logger = logging.getLogger(__name__)
@@ -25,19 +22,6 @@ _EVENT, _EVENT_B = "e", b"e"
 _COMPLETION, _COMPLETION_B = "c", b"c"
 
 RawEntry = tuple[Any, dict[Any, Any] | None]
-
-
-@contextmanager
-def _unavailable() -> Iterator[None]:
-    """Translate "Redis cannot be reached" into the retryable ``Unavailable``.
-
-    ``ReadOnlyError`` is included because right after a failover a connection may still
-    point at the demoted primary; a retry reaches the new one.
-    """
-    try:
-        yield
-    except (RedisConnectionError, RedisTimeoutError, ReadOnlyError) as exc:
-        raise Unavailable("Redis is unavailable") from exc
 
 
 def _text(value: bytes | str) -> str:
@@ -123,7 +107,7 @@ class RedisTokenStreams(TokenStreams):
                 pipe.xadd(key, {_EVENT: event.model_dump_json()}, maxlen=self._maxlen)
                 final = final or event.final
             pipe.expire(key, self._ttl_s if final else self._active_ttl_s)
-            with _unavailable():
+            with unavailable():
                 results = await pipe.execute()
         return _text(results[-2])
 
@@ -131,7 +115,7 @@ class RedisTokenStreams(TokenStreams):
         self, request_id: str, after: str | None = None, *, timeout_s: float = 0.0
     ) -> list[Entry]:
         key = self._stream_key(request_id)
-        with _unavailable():
+        with unavailable():
             response = await self._client.xread({key: after or "0-0"}, block=_block_ms(timeout_s))
         return [
             (_text(entry_id), StreamEvent.model_validate_json(_field(fields, _EVENT, _EVENT_B)))
@@ -140,15 +124,15 @@ class RedisTokenStreams(TokenStreams):
         ]
 
     async def cancel(self, request_id: str) -> None:
-        with _unavailable():
+        with unavailable():
             await self._client.set(self._cancel_key(request_id), 1, ex=self._active_ttl_s)
 
     async def is_cancelled(self, request_id: str) -> bool:
-        with _unavailable():
+        with unavailable():
             return bool(await self._client.exists(self._cancel_key(request_id)))
 
     async def publish_completion(self, completion: Completion) -> None:
-        with _unavailable():
+        with unavailable():
             await self._client.xadd(
                 self._completions_key,
                 {_COMPLETION: completion.model_dump_json()},
@@ -201,7 +185,7 @@ class RedisTokenStreams(TokenStreams):
     async def read_completions(
         self, group: str, consumer: str, *, count: int = 32, timeout_s: float = 1.0
     ) -> list[tuple[str, Completion]]:
-        with _unavailable():
+        with unavailable():
             try:
                 raw = await self._read_group(group, consumer, count, timeout_s)
             except ResponseError as exc:
@@ -230,9 +214,9 @@ class RedisTokenStreams(TokenStreams):
         return out
 
     async def ack_completion(self, group: str, completion_id: str) -> None:
-        with _unavailable():
+        with unavailable():
             await self._client.xack(self._completions_key, group, completion_id)
 
     async def ping(self) -> None:
-        with _unavailable():
+        with unavailable():
             await self._client.ping()

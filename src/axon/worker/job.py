@@ -200,19 +200,21 @@ async def finish(
             error_message=error.message,
         )
     await streams.append(job.stream, [event])
-    await streams.publish_completion(
-        Completion(
-            request_id=job.request_id,
-            session_id=job.session_id,
-            tenant=job.tenant,
-            model=job.model,
-            text=progress.full_text,
-            finish_reason=finish_reason,
-            usage=usage,
-            error_code=event.error_code,
-            error_message=event.error_message,
+    if job.session_id is not None:
+        # Only session turns are stored; a stateless reply ends with its stream.
+        await streams.publish_completion(
+            Completion(
+                request_id=job.request_id,
+                session_id=job.session_id,
+                tenant=job.tenant,
+                model=job.model,
+                text=progress.full_text,
+                finish_reason=finish_reason,
+                usage=usage,
+                error_code=event.error_code,
+                error_message=event.error_message,
+            )
         )
-    )
     _observe(job.model, progress, finish_reason, usage)
 
 

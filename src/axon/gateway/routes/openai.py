@@ -2,31 +2,32 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from axon.core.types import EventKind
+from axon.core.types import EventKind, Principal
 from axon.gateway import sse
+from axon.gateway.auth import principal
+from axon.gateway.errors import error_body
 from axon.gateway.schemas import ChatCompletionRequest, ModelList, ModelOut
 from axon.gateway.services import Services
-from axon.streaming.base import Entry
+from axon.sessions.manager import Final, SessionManager
 
 router = APIRouter(tags=["openai"])
+Caller = Annotated[Principal, Depends(principal)]
 
 
-def _services(request: Request) -> Services:
+def _manager(request: Request) -> SessionManager:
     services: Services = request.app.state.services
-    return services
+    return services.manager
 
 
 @router.get("/v1/models", response_model=ModelList)
-async def list_models(request: Request) -> ModelList:
-    manager = _services(request).manager
+async def list_models(request: Request, _: Caller) -> ModelList:
+    manager = _manager(request)
     created = int(time.time())
     return ModelList(
         data=[
@@ -45,68 +46,44 @@ async def list_models(request: Request) -> ModelList:
     "/v1/chat/completions",
     responses={200: {"content": {"text/event-stream": {}}}},
 )
-async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
-    services = _services(request)
-    manager = services.manager
-    if body.max_completion_tokens is not None and body.max_tokens is None:
-        body.max_tokens = body.max_completion_tokens
-    info = manager.model(body.model)
-    request_id = await manager.start_completion(
-        info.name, [m.to_message() for m in body.messages], body.sampling()
+async def chat_completions(body: ChatCompletionRequest, request: Request, caller: Caller) -> Any:
+    manager = _manager(request)
+    params = body.sampling()
+    relay = await manager.start_completion(
+        caller, body.model, [m.to_message() for m in body.messages], params
     )
-    entries = manager.events(request_id, measure=True)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
-            _relay(services, request_id, info.name, entries, include_usage),
+            sse.openai_chunks(relay, include_usage=include_usage),
             media_type="text/event-stream",
-            headers=sse.HEADERS,
+            headers={**sse.HEADERS, **relay.headers},
         )
-    final = None
+    final: Final | None = None
     try:
-        async for entry in entries:
-            if entry is not None and entry[1].final:
-                final = entry[1]
+        async for item in relay:
+            if isinstance(item, Final):
+                final = item
     finally:
-        if final is None:
-            await manager.cancel(request_id)
-    assert final is not None  # events() ends only after the final event
-    if final.kind is not EventKind.DONE:
-        error = sse.error_of(final)
-        return JSONResponse(error.to_body(), status_code=error.status)
-    return {
-        "id": request_id,
+        await relay.aclose()
+    assert final is not None  # a relay ends only after the final event (or raises)
+    if final.event.kind is not EventKind.DONE:
+        error = sse.error_of(final.event)
+        return JSONResponse(error_body(error), status_code=error.status, headers=relay.headers)
+    content = {
+        "id": relay.request_id,
         "object": "chat.completion",
         "created": int(time.time()),
-        "model": info.name,
+        "model": relay.model,
         "system_fingerprint": None,
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": final.text},
+                "message": {"role": "assistant", "content": final.event.text},
                 "logprobs": None,
-                "finish_reason": sse.openai_finish_reason(final),
+                "finish_reason": sse.openai_finish_reason(final.event),
             }
         ],
-        "usage": sse.usage_body(final),
+        "usage": sse.usage_body(final.event),
     }
-
-
-async def _relay(
-    services: Services,
-    request_id: str,
-    model: str,
-    entries: AsyncIterator[Entry | None],
-    include_usage: bool,
-) -> AsyncIterator[bytes]:
-    finished = False
-    try:
-        async for data in sse.openai_chunks(
-            request_id, model, entries, include_usage=include_usage
-        ):
-            yield data
-        finished = True
-    finally:
-        if not finished:
-            # The client went away: stop spending engine steps on an answer nobody reads.
-            asyncio.get_running_loop().create_task(services.manager.cancel(request_id))
+    return JSONResponse(content, headers=dict(relay.headers))

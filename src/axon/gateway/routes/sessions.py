@@ -1,18 +1,21 @@
 """The session API: conversations kept by the server, replies streamed as SSE with event
-ids, re-attach from ``Last-Event-ID``, cancellation."""
+ids, re-attach from ``Last-Event-ID``, cancellation. Routes only choose JSON or SSE; the
+session manager does the rest, scoped by the caller's tenant."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
 
-from axon.core.errors import InvalidRequest
-from axon.core.types import Completion, EventKind, FinishReason, StreamEvent, Usage
+from axon.core.errors import AxonError
+from axon.core.types import EventKind, FinishReason, Principal
 from axon.gateway import sse
+from axon.gateway.auth import principal
+from axon.gateway.errors import error_body
 from axon.gateway.schemas import (
+    ErrorOut,
     MessageCreate,
     MessageOut,
     SessionCreate,
@@ -24,13 +27,15 @@ from axon.gateway.schemas import (
     UsageOut,
 )
 from axon.gateway.services import Services
-from axon.sessions.manager import SessionManager
-from axon.sessions.records import MessageRecord
-from axon.streaming.base import parse_id
+from axon.sessions.manager import Final, Relay, SessionManager
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
+Caller = Annotated[Principal, Depends(principal)]
 
 _SSE: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-stream": {}}}}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut} for code in (400, 401, 404, 413, 429, 503)
+}
 
 
 def _manager(request: Request) -> SessionManager:
@@ -38,21 +43,41 @@ def _manager(request: Request) -> SessionManager:
     return services.manager
 
 
-@router.post("", status_code=201, response_model=SessionOut)
-async def create_session(body: SessionCreate, request: Request) -> SessionOut:
+def _final_body(final: Final) -> dict[str, Any]:
+    message = final.message
+    return {
+        "message": MessageOut.of(message).model_dump(mode="json") if message else None,
+        "finish_reason": final.event.finish_reason,
+        "usage": sse.usage_body(final.event),
+    }
+
+
+def _stream(relay: Relay, head: bytes = b"") -> StreamingResponse:
+    return StreamingResponse(
+        sse.session_events(relay, _final_body, head),
+        media_type="text/event-stream",
+        headers={**sse.HEADERS, **relay.headers},
+    )
+
+
+@router.post("", status_code=201, response_model=SessionOut, responses=_ERRORS)
+async def create_session(body: SessionCreate, request: Request, caller: Caller) -> SessionOut:
     record = await _manager(request).create_session(
-        title=body.title, model=body.model, system_prompt=body.system_prompt
+        caller, title=body.title, model=body.model, system_prompt=body.system_prompt
     )
     return SessionOut.of(record)
 
 
-@router.get("", response_model=SessionList)
+@router.get("", response_model=SessionList, responses=_ERRORS)
 async def list_sessions(
     request: Request,
+    caller: Caller,
     limit: int = Query(20, ge=1, le=100),
-    after: str | None = Query(None, description="`next_cursor` of the previous page."),
+    after: str | None = Query(
+        None, max_length=64, description="`next_cursor` of the previous page."
+    ),
 ) -> SessionList:
-    page, more = await _manager(request).store.list_sessions(limit=limit, after=after)
+    page, more = await _manager(request).list_sessions(caller, limit=limit, after=after)
     return SessionList(
         data=[SessionOut.of(s) for s in page],
         has_more=more,
@@ -60,162 +85,83 @@ async def list_sessions(
     )
 
 
-@router.get("/{session_id}", response_model=SessionWithMessages)
-async def get_session(session_id: str, request: Request) -> SessionWithMessages:
-    manager = _manager(request)
-    session = await manager.store.get_session(session_id)
-    messages = await manager.store.recent_messages(session_id, limit=10_000)
+@router.get("/{session_id}", response_model=SessionWithMessages, responses=_ERRORS)
+async def get_session(session_id: str, request: Request, caller: Caller) -> SessionWithMessages:
+    session, messages = await _manager(request).get_session(caller, session_id)
     return SessionWithMessages(
         **SessionOut.of(session).model_dump(), messages=[MessageOut.of(m) for m in messages]
     )
 
 
-@router.delete("/{session_id}", response_model=SessionDeleted)
-async def delete_session(session_id: str, request: Request) -> SessionDeleted:
-    await _manager(request).delete_session(session_id)
+@router.delete("/{session_id}", response_model=SessionDeleted, responses=_ERRORS)
+async def delete_session(session_id: str, request: Request, caller: Caller) -> SessionDeleted:
+    await _manager(request).delete_session(caller, session_id)
     return SessionDeleted(id=session_id)
 
 
-def _completion(reply_id: str, session_id: str, model: str, event: StreamEvent) -> Completion:
-    return Completion(
-        request_id=reply_id,
-        session_id=session_id,
-        model=model,
-        text=event.text,
-        finish_reason=event.finish_reason or FinishReason.ERROR,
-        usage=event.usage or Usage(),
-        error_code=event.error_code,
-        error_message=event.error_message,
-    )
-
-
-async def _stored_reply(
-    manager: SessionManager, session_id: str, reply_id: str, model: str, event: StreamEvent
-) -> MessageRecord | None:
-    """Store the reply now (the completion consumer would too: one of them wins) so that
-    the history read right after the final event already has it."""
-    stored = await manager.record(_completion(reply_id, session_id, model, event))
-    return stored or await manager.store.get_message(session_id, reply_id)
-
-
-def _final_body(message: MessageRecord | None, event: StreamEvent) -> dict[str, Any]:
-    return {
-        "message": MessageOut.of(message).model_dump(mode="json") if message else None,
-        "finish_reason": event.finish_reason,
-        "usage": sse.usage_body(event),
-    }
-
-
-def _stream(
-    manager: SessionManager,
-    session_id: str,
-    reply_id: str,
-    model: str,
-    after: str | None,
-    head: bytes = b"",
-) -> StreamingResponse:
-    async def on_final(event: StreamEvent) -> dict[str, Any]:
-        return _final_body(await _stored_reply(manager, session_id, reply_id, model, event), event)
-
-    async def body() -> AsyncIterator[bytes]:
-        if head:
-            yield head
-        async for data in sse.session_events(manager.events(reply_id, after), on_final):
-            yield data
-
-    return StreamingResponse(body(), media_type="text/event-stream", headers=sse.HEADERS)
-
-
-@router.post("/{session_id}/messages", responses={**_SSE, 200: {"model": TurnOut}})
+@router.post(
+    "/{session_id}/messages",
+    responses={**_ERRORS, **_SSE, 200: {"model": TurnOut}},
+)
 async def send_message(
     session_id: str,
     body: MessageCreate,
     request: Request,
+    caller: Caller,
     idempotency_key: str | None = Header(None, max_length=200),
 ) -> Any:
     """Add a user message and answer it: SSE (``turn``, ``token``…, ``done``|``error``)
     when ``stream`` is true, else the finished turn as JSON."""
-    manager = _manager(request)
-    turn = await manager.start_turn(
-        session_id, body.content, body.sampling(), idempotency_key=idempotency_key
+    turn, relay = await _manager(request).start_turn(
+        caller, session_id, body.content, body.sampling(), idempotency_key=idempotency_key
     )
-    model = turn.session.model
-    user = MessageOut.of(turn.user_message).model_dump(mode="json")
+    user = MessageOut.of(turn.user_message)
     if body.stream:
         # Clients that leave keep the reply going: they can re-attach, and it is stored.
-        head = sse.frame({"user_message": user, "reply_id": turn.reply_id}, event="turn")
-        return _stream(manager, session_id, turn.reply_id, model, None, head)
-    final: StreamEvent | None = None
-    async for entry in manager.events(turn.reply_id):
-        if entry is not None and entry[1].final:
-            final = entry[1]
-    assert final is not None  # events() ends only after the final event
-    message = await _stored_reply(manager, session_id, turn.reply_id, model, final)
-    if final.kind is EventKind.ERROR or message is None:
-        error = sse.error_of(final)
-        return Response(
-            sse.json_bytes(error.to_body()),
-            status_code=error.status,
-            media_type="application/json",
+        head = sse.frame(
+            {"user_message": user.model_dump(mode="json"), "reply_id": turn.reply_id},
+            event="turn",
         )
-    usage = sse.usage_body(final)
-    return TurnOut(
-        user_message=MessageOut.of(turn.user_message),
-        message=MessageOut.of(message),
-        finish_reason=final.finish_reason or FinishReason.STOP,
-        usage=UsageOut(**usage),
+        return _stream(relay, head)
+    final: Final | None = None
+    try:
+        async for item in relay:
+            if isinstance(item, Final):
+                final = item
+    finally:
+        await relay.aclose()
+    assert final is not None  # a relay ends only after the final event (or raises)
+    if final.event.kind is EventKind.ERROR or final.message is None:
+        error: AxonError = sse.error_of(final.event)
+        return JSONResponse(error_body(error), status_code=error.status)
+    out = TurnOut(
+        user_message=user,
+        message=MessageOut.of(final.message),
+        finish_reason=final.event.finish_reason or FinishReason.STOP,
+        usage=UsageOut(**sse.usage_body(final.event)),
     )
+    return JSONResponse(out.model_dump(mode="json"), headers=dict(turn.headers))
 
 
-@router.get("/{session_id}/messages/{message_id}/stream", responses=_SSE)
+@router.get("/{session_id}/messages/{message_id}/stream", responses={**_ERRORS, **_SSE})
 async def reattach(
     session_id: str,
     message_id: str,
     request: Request,
-    last_event_id: str | None = Header(None),
-    after: str | None = Query(None, description="Same as the `Last-Event-ID` header."),
+    caller: Caller,
+    last_event_id: str | None = Header(None, max_length=64),
+    after: str | None = Query(
+        None, max_length=64, description="Same as the `Last-Event-ID` header."
+    ),
 ) -> StreamingResponse:
     """Re-attach to a reply in progress, or replay a finished one, after an event id."""
-    manager = _manager(request)
-    position = last_event_id or after
-    if position is not None:
-        try:
-            parse_id(position)
-        except ValueError:
-            raise InvalidRequest(
-                f"Last-Event-ID {position!r} is not an event id of this stream",
-                param="Last-Event-ID",
-            ) from None
-    stored = await manager.find_reply(session_id, message_id)
-    session = await manager.store.get_session(session_id)
-    if stored is not None and not await manager.streams.read(message_id):
-        # Finished long ago: the stream expired, the store still has the whole reply.
-        event = StreamEvent(
-            kind=EventKind.DONE if stored.status != "failed" else EventKind.ERROR,
-            text=stored.content,
-            finish_reason=stored.finish_reason,
-            usage=Usage(
-                prompt_tokens=stored.prompt_tokens or 0,
-                completion_tokens=stored.completion_tokens or 0,
-            ),
-            error_code=stored.error_code,
-        )
-
-        async def replay() -> AsyncIterator[bytes]:
-            if event.kind is EventKind.DONE:
-                yield sse.frame(_final_body(stored, event), event="done")
-            else:
-                yield sse.frame(sse.error_of(event).to_body(), event="error")
-
-        return StreamingResponse(replay(), media_type="text/event-stream", headers=sse.HEADERS)
-    return _stream(manager, session_id, message_id, session.model, position)
+    relay = await _manager(request).reattach(caller, session_id, message_id, last_event_id or after)
+    return _stream(relay)
 
 
-@router.post("/{session_id}/messages/{message_id}/cancel", status_code=202)
-async def cancel(session_id: str, message_id: str, request: Request) -> dict[str, bool]:
+@router.post("/{session_id}/messages/{message_id}/cancel", status_code=202, responses=_ERRORS)
+async def cancel(
+    session_id: str, message_id: str, request: Request, caller: Caller
+) -> dict[str, bool]:
     """Stop generating a reply; its stream ends with finish reason ``cancelled``."""
-    manager = _manager(request)
-    stored = await manager.find_reply(session_id, message_id)
-    if stored is None:
-        await manager.cancel(message_id)
-    return {"cancelled": stored is None}
+    return {"cancelled": await _manager(request).cancel_reply(caller, session_id, message_id)}

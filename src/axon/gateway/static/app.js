@@ -1,5 +1,6 @@
 // Axon web chat: a single page over the session API. No framework, no build step.
 // Model output is only ever written with textContent, never parsed as HTML.
+// Served under a strict Content-Security-Policy: no inline scripts or styles, no eval.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -7,12 +8,15 @@ const ui = {
   sessions: $("sessions"), more: $("more-sessions"), newSession: $("new-session"),
   title: $("chat-title"), status: $("status"), messages: $("messages"), empty: $("empty"),
   error: $("error"), form: $("composer-form"), composer: $("composer"),
-  send: $("send"), stop: $("stop"),
+  send: $("send"), stop: $("stop"), forgetKey: $("forget-key"),
+  keyDialog: $("key-dialog"), keyForm: $("key-form"), keyMessage: $("key-message"),
+  keyInput: $("key-input"),
 };
 
 const CANCEL_GRACE_MS = 5000; // abort the stream if no `done` arrives this long after Stop
 const PAGE_SIZE = 30;
 const LAST_KEY = "axon.lastSession";
+const API_KEY = "axon.apiKey";
 
 const state = {
   sessions: [],      // newest first, as the server lists them
@@ -21,9 +25,97 @@ const state = {
   gen: null,         // the reply being generated: {sessionId, replyId, el, controller, timer}
 };
 
-// ---- HTTP -----------------------------------------------------------------
+// ---- API key ----------------------------------------------------------------
+// Kept in localStorage so a reload does not ask again (in memory only when storage is
+// disabled), sent as a bearer token on every call, dropped when the server refuses it.
 
 class ApiError extends Error {}
+
+const auth = {
+  memory: null,  // the key, when localStorage is unavailable
+  pending: null, // the open prompt: {promise, resolve, reject}, shared by every waiting call
+};
+
+function apiKey() {
+  try { return localStorage.getItem(API_KEY); } catch (_) { return auth.memory; }
+}
+
+function setApiKey(key) {
+  auth.memory = key;
+  try {
+    if (key) localStorage.setItem(API_KEY, key); else localStorage.removeItem(API_KEY);
+  } catch (_) { /* storage disabled: keep it for this page only */ }
+  ui.forgetKey.hidden = !key;
+}
+
+// Opens the key prompt (once, however many calls are waiting); resolves when a key is
+// entered, rejects when the prompt is dismissed.
+function askForKey(refused) {
+  ui.keyMessage.textContent = refused
+    ? "That API key was refused. Enter a valid API key."
+    : "This server requires an API key.";
+  ui.keyMessage.classList.toggle("problem", refused);
+  if (!auth.pending) {
+    let resolve, reject;
+    const promise = new Promise((yes, no) => { resolve = yes; reject = no; });
+    auth.pending = { promise, resolve, reject };
+    ui.keyInput.value = "";
+    if (!ui.keyDialog.open) ui.keyDialog.showModal();
+    ui.keyInput.focus();
+  }
+  return auth.pending.promise;
+}
+
+function submitKey() {
+  const key = ui.keyInput.value.trim();
+  // A header value cannot hold anything else, and fetch's error would not say why.
+  if (!/^[\x21-\x7e]+$/.test(key)) {
+    ui.keyMessage.textContent = "An API key has only letters, digits and punctuation.";
+    ui.keyMessage.classList.add("problem");
+    ui.keyInput.focus();
+    return;
+  }
+  setApiKey(key);
+  ui.keyInput.value = "";
+  const pending = auth.pending;
+  auth.pending = null;
+  ui.keyDialog.close();
+  if (pending) pending.resolve();
+}
+
+function keyPromptClosed() {
+  // Dismissed without a key (Escape): the calls waiting for one fail; the next call asks again.
+  const pending = auth.pending;
+  auth.pending = null;
+  ui.keyInput.value = "";
+  if (pending) pending.reject(new ApiError("This server requires an API key."));
+}
+
+function forgetKey() {
+  if (state.gen) state.gen.controller.abort();
+  setApiKey(null);
+  state.sessions = [];
+  state.cursor = null;
+  clearChat();
+  report(start()); // the server asks for a key again, if it needs one
+}
+
+// ---- HTTP -----------------------------------------------------------------
+
+// Every API call goes through here. A 401 means the server did nothing, so after a new key
+// is entered the same request is sent again.
+async function authFetch(path, init = {}) {
+  for (;;) {
+    const key = apiKey();
+    const headers = new Headers(init.headers);
+    if (key) headers.set("Authorization", `Bearer ${key}`);
+    const res = await fetch(path, { ...init, headers });
+    if (res.status !== 401) return res;
+    if (apiKey() !== key) continue; // a new key was entered while this call was out
+    setApiKey(null);
+    await askForKey(key !== null);
+  }
+}
 
 async function errorFrom(res) {
   let message = `${res.status} ${res.statusText}`;
@@ -40,7 +132,7 @@ async function api(path, options = {}) {
     init.body = JSON.stringify(options.json);
     init.headers["Content-Type"] = "application/json";
   }
-  const res = await fetch(path, init);
+  const res = await authFetch(path, init);
   if (!res.ok) throw await errorFrom(res);
   return res.status === 204 ? null : res.json();
 }
@@ -279,7 +371,7 @@ async function stream(sessionId, path, init, { replyId = null, userEl = null } =
   setStatus("Generating…");
   let finished = false;
   try {
-    const res = await fetch(path, { ...init, signal: gen.controller.signal });
+    const res = await authFetch(path, { ...init, signal: gen.controller.signal });
     if (replyId && res.status === 404) { setStatus(""); return false; } // stream expired
     if (!res.ok) throw await errorFrom(res);
     if (state.currentId === sessionId) appendMessage(el);
@@ -359,6 +451,9 @@ ui.composer.addEventListener("keydown", (e) => {
 ui.stop.addEventListener("click", () => report(stopGeneration()));
 ui.newSession.addEventListener("click", newChat);
 ui.more.addEventListener("click", () => report(loadSessions(true)));
+ui.forgetKey.addEventListener("click", forgetKey);
+ui.keyForm.addEventListener("submit", (e) => { e.preventDefault(); submitKey(); });
+ui.keyDialog.addEventListener("close", keyPromptClosed);
 
 function initialSession() {
   const match = /^#s=(.+)$/.exec(location.hash);
@@ -377,4 +472,5 @@ async function start() {
   }
 }
 
+ui.forgetKey.hidden = !apiKey();
 report(start());

@@ -8,7 +8,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from axon.sessions.schema import metadata
+from axon.sessions.tables import metadata
 
 config = context.config
 

@@ -1,0 +1,74 @@
+"""Load shedding: refuse new work at once (503 with ``Retry-After``) when a model's queue is
+deeper than it can drain, or when jobs this replica queued have waited too long, instead of
+letting the queue and every client's wait grow without bound."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+
+from axon.config import LimitSettings
+from axon.core.errors import AxonError, Overloaded
+from axon.observability import metrics
+from axon.queue.base import JobQueue
+
+#: How long a queue depth read from the broker is reused: one read serves a burst.
+DEPTH_TTL_S = 1.0
+#: Longest a depth read may take; past it the request goes on (publishing will tell).
+DEPTH_TIMEOUT_S = 1.0
+
+
+class LoadShedder:
+    def __init__(self, settings: LimitSettings) -> None:
+        self._settings = settings
+        #: Replies this replica relays whose first token has not come: id -> (model, since).
+        self._waiting: dict[str, tuple[str, float]] = {}
+        self._depths: dict[str, tuple[float, int]] = {}
+
+    def waiting(self, request_id: str, model: str) -> None:
+        self._waiting.setdefault(request_id, (model, time.monotonic()))
+
+    def started(self, request_id: str) -> None:
+        self._waiting.pop(request_id, None)
+
+    def _refuse(self, reason: str, message: str, retry_after_s: float) -> Overloaded:
+        metrics.SHED.labels(reason).inc()
+        retry = str(max(1, math.ceil(retry_after_s)))
+        return Overloaded(message, headers={"Retry-After": retry})
+
+    def check(self, model: str) -> None:
+        """Shed when a job of ``model`` this replica queued has waited too long."""
+        limit = self._settings.max_queue_wait_s
+        if limit <= 0:
+            return
+        now = time.monotonic()
+        oldest = min((since for m, since in self._waiting.values() if m == model), default=now)
+        if now - oldest > limit:
+            raise self._refuse(
+                "queue_wait",
+                f"the model {model!r} is overloaded: queued requests have waited more than "
+                f"{limit:g} s; retry later",
+                min(limit, 30.0),
+            )
+
+    async def check_depth(self, queue: JobQueue, model: str) -> None:
+        """Shed when ``model``'s queue holds more jobs than configured."""
+        limit = self._settings.max_queue_depth
+        if limit <= 0:
+            return
+        now = time.monotonic()
+        cached = self._depths.get(model)
+        if cached is None or now - cached[0] > DEPTH_TTL_S:
+            try:
+                depth = await asyncio.wait_for(queue.depth(model), DEPTH_TIMEOUT_S)
+            except (AxonError, TimeoutError):
+                return  # the broker is the problem; publishing answers that with a 503
+            cached = (now, depth)
+            self._depths[model] = cached
+        if cached[1] >= limit:
+            raise self._refuse(
+                "queue_depth",
+                f"the model {model!r} is overloaded: {cached[1]} requests are waiting; retry later",
+                2.0,
+            )
