@@ -294,8 +294,9 @@ class LimitSettings(BaseModel):
     )
     max_queue_wait_s: float = Field(
         60.0,
-        description="A job that waited this long in the queue fails with an `error` event, "
-        "and while workers report such waits new requests are shed; 0 disables.",
+        description="A job that waited this long in the queue fails with an `error` event "
+        "(its reply stored as failed), and while a replica has requests waiting that long "
+        "it sheds new ones; 0 disables.",
     )
 
 

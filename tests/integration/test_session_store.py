@@ -18,7 +18,7 @@ from sqlalchemy.engine import URL, make_url
 from axon.core.errors import NotFound
 from axon.core.types import FinishReason
 from axon.sessions.migrate import upgrade
-from axon.sessions.schema import messages, sessions
+from axon.sessions.tables import messages, sessions
 from axon.sessions.sql import SqlSessionStore, make_engine
 from axon.sessions.store import AssistantReply
 

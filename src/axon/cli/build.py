@@ -247,6 +247,7 @@ def worker(settings: Settings, engine: Engine, queue: JobQueue, streams: TokenSt
         streams=streams,
         settings=settings.stream,
         capacity=settings.engine.capacity,
+        max_queue_wait_s=settings.limits.max_queue_wait_s,
     )
 
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from axon.config import StreamSettings
-from axon.core.errors import JobFailed
+from axon.core.errors import JobFailed, Overloaded
 from axon.observability import metrics
 from axon.queue.base import Delivery, JobQueue
 from axon.streaming.base import TokenStreams
@@ -30,12 +31,14 @@ class Worker:
         streams: TokenStreams,
         settings: StreamSettings,
         capacity: int,
+        max_queue_wait_s: float = 0.0,
     ) -> None:
         self.engine = engine
         self.queue = queue
         self.streams = streams
         self.settings = settings
         self.capacity = capacity
+        self.max_queue_wait_s = max_queue_wait_s
         self._jobs: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
 
@@ -66,7 +69,31 @@ class Worker:
         self._jobs.discard(task)
         metrics.RUNNING_SEQUENCES.labels(self.engine.model).set(len(self._jobs))
 
+    def _waited_too_long(self, delivery: Delivery) -> float | None:
+        """Seconds a first delivery waited in the queue, when over the limit. Redelivered
+        jobs are exempt: they were already running and their client is reading."""
+        job = delivery.job
+        if self.max_queue_wait_s <= 0 or delivery.attempt > 1 or job.enqueued_at is None:
+            return None
+        waited = time.time() - job.enqueued_at
+        return waited if waited > self.max_queue_wait_s else None
+
     async def _run(self, delivery: Delivery) -> None:
+        waited = self._waited_too_long(delivery)
+        if waited is not None:
+            # Nobody should wait for an answer that started this late: end it now, with an
+            # error the client sees and a failed reply in the history.
+            job = delivery.job
+            metrics.QUEUE_EXPIRED.labels(job.model).inc()
+            error = Overloaded(f"the request waited {waited:.0f} s in the queue and was dropped")
+            try:
+                await finish(job, self.streams, Progress(), error)
+                await delivery.ack()
+            except Exception:
+                log.exception("could not end an expired job; handing it back")
+                with contextlib.suppress(Exception):
+                    await delivery.retry()
+            return
         try:
             await run_job(
                 delivery.job,

@@ -15,6 +15,9 @@ from axon.queue.base import Delivery, JobQueue
 
 
 class DownQueue(JobQueue):
+    async def depth(self, model: str) -> int:
+        raise QueueUnavailable("the job queue cannot be reached")
+
     async def publish(self, job: Job) -> None:
         raise QueueUnavailable("the job queue did not confirm the job in time")
 
@@ -30,7 +33,7 @@ class DownQueue(JobQueue):
 async def test_queue_down_gives_503_and_a_failed_reply(
     client: httpx.AsyncClient, services: Services
 ) -> None:
-    services.manager.queue = DownQueue()
+    services.manager._queue = DownQueue()  # the broker goes down under a running app
     sid = (await client.post("/v1/sessions", json={})).json()["id"]
     r = await client.post(f"/v1/sessions/{sid}/messages", json={"content": "hello"})
     assert r.status_code == 503

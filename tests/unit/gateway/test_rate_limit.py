@@ -23,7 +23,7 @@ async def limited(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     app = await embedded_app(settings, FakeEngine("fake-model", reply_tokens=3))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://axon") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             yield client
 
 

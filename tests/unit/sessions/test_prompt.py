@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import pytest
 
-from axon.core.errors import ContextWindowExceeded
+from axon.core.errors import ContextWindowExceeded, InvalidRequest
 from axon.core.types import ChatMessage
-from axon.models.base import ModelInfo
+from axon.models.base import ModelInfo, Tokenizer
 from axon.models.estimate import EstimateTokenizer
 from axon.sessions.prompt import fit_prompt, reply_budget
 
@@ -160,3 +163,139 @@ def test_max_tokens_below_the_window_is_the_reply_budget() -> None:
 def test_without_max_tokens_the_budget_is_the_default_capped_by_a_quarter_window() -> None:
     assert reply_budget(model(8192), None, 512) == 512
     assert reply_budget(model(1024), None, 512) == 256
+
+
+class CountingTokenizer(EstimateTokenizer):
+    """Records the work it is asked for: characters tokenized, messages rendered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chars = 0
+        self.rendered = 0
+        self.prompts = 0
+
+    def count_text(self, text: str) -> int:
+        self.chars += len(text)
+        return super().count_text(text)
+
+    def count_prompt(self, messages: Sequence[ChatMessage]) -> int:
+        self.prompts += 1
+        self.rendered += len(messages)
+        return super().count_prompt(messages)
+
+
+def tiny_conversation(n: int) -> list[ChatMessage]:
+    """``n`` one-character messages, alternating, the last a question."""
+    return [
+        ChatMessage(role="user" if (n - i) % 2 else "assistant", content=chr(0x4E00 + i))
+        for i in range(n)
+    ]
+
+
+MANY = 4000
+
+
+@pytest.mark.parametrize("window", [10**9, 4 * MANY], ids=["all-fit", "half-fit"])
+def test_fitting_a_long_history_counts_each_message_a_constant_number_of_times(
+    window: int,
+) -> None:
+    # Quadratic counting froze a server on a request of thousands of tiny messages; the
+    # work is measured, not timed.
+    tokenizer = CountingTokenizer()
+    history = tiny_conversation(MANY)
+
+    prompt = fit_prompt(
+        ModelInfo("tiny", window, tokenizer), system=SYSTEM, history=history, new=NEW, reserve=0
+    )
+
+    text = sum(len(m.content) for m in [system(), *history, *NEW])
+    assert tokenizer.chars <= 3 * text
+    assert tokenizer.rendered <= 3 * len(history)
+    # The required part and the result, plus two tiny renderings per role for its overhead.
+    assert tokenizer.prompts <= 2 + 2 * len({"system", "user", "assistant"})
+    assert prompt[0] == system()
+    assert prompt[-1] == NEW[-1]
+    assert prompt[1:-1] == history[len(history) - len(prompt) + 2 :]
+    assert prompt[1].role == "user"
+    if window < 10**9:
+        assert len(prompt) < len(history)
+
+
+def test_a_long_request_without_history_is_counted_once() -> None:
+    tokenizer = CountingTokenizer()
+    messages = tiny_conversation(MANY)
+
+    prompt = fit_prompt(
+        ModelInfo("tiny", 10**9, tokenizer), system=None, history=[], new=messages, reserve=0
+    )
+
+    assert prompt == messages
+    assert tokenizer.prompts == 1
+    assert tokenizer.rendered == MANY
+
+
+class NumberingTokenizer(CountingTokenizer):
+    """A template that numbers the messages it renders: a message's cost grows with its
+    position, which no rendering of one message alone can show, so per-message costs
+    undercount and only the real rendering tells."""
+
+    def count_prompt(self, messages: Sequence[ChatMessage]) -> int:
+        numbers = sum(len(str(i)) for i in range(1, len(messages) + 1))
+        return super().count_prompt(messages) + numbers
+
+
+def smallest_start_that_fits(tokenizer: Tokenizer, history: list[ChatMessage], budget: int) -> int:
+    """What dropping one turn at a time finds: the first start at a question (or the end)
+    at which the real count fits."""
+    starts = [s for s, m in enumerate(history) if m.role != "assistant"] + [len(history)]
+    return next(
+        s for s in starts if tokenizer.count_prompt([system(), *history[s:], *NEW]) <= budget
+    )
+
+
+@pytest.mark.parametrize("window", [150, 400, 700, 1000])
+def test_a_template_whose_costs_do_not_add_up_still_gets_the_longest_history_that_fits(
+    window: int,
+) -> None:
+    tokenizer = NumberingTokenizer()
+    history = tiny_conversation(200)
+
+    prompt = fit_prompt(
+        ModelInfo("tiny", window, tokenizer), system=SYSTEM, history=history, new=NEW, reserve=0
+    )
+
+    start = smallest_start_that_fits(NumberingTokenizer(), history, window)
+    assert prompt == [system(), *history[start:], *NEW]
+    assert tokenizer.count_prompt(prompt) <= window
+
+
+def test_a_template_whose_costs_do_not_add_up_is_rendered_a_logarithmic_number_of_times() -> None:
+    tokenizer = NumberingTokenizer()
+    history = tiny_conversation(MANY)
+
+    prompt = fit_prompt(
+        ModelInfo("tiny", 4 * MANY, tokenizer),
+        system=SYSTEM,
+        history=history,
+        new=NEW,
+        reserve=0,
+    )
+
+    steps = math.ceil(math.log2(MANY))
+    assert tokenizer.count_prompt(prompt) <= 4 * MANY
+    assert 1000 < len(prompt) < MANY
+    # As above, then a bisection: one rendering per step, none much longer than the result.
+    assert tokenizer.prompts <= 2 + 2 * len({"system", "user", "assistant"}) + steps
+    assert tokenizer.rendered <= 2 * steps * len(prompt)
+
+
+def test_a_lone_surrogate_is_the_clients_error_not_a_crash() -> None:
+    bad = [user("broken \ud800 text")]
+
+    with pytest.raises(InvalidRequest) as caught:
+        fit_prompt(model(8192), system=SYSTEM, history=[], new=bad, reserve=RESERVE)
+    with pytest.raises(InvalidRequest):
+        fit_prompt(model(8192), system=SYSTEM, history=bad, new=NEW, reserve=RESERVE)
+
+    assert caught.value.param == "messages"
+    assert caught.value.message == "message text is not valid Unicode (lone surrogate)"

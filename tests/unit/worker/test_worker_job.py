@@ -159,7 +159,7 @@ async def test_stream_is_tokens_then_one_done_event_with_the_full_text_and_usage
 
     delivery = await publish_and_run(job, queue, engine, streams)
 
-    evs = await events(streams, job.request_id)
+    evs = await events(streams, job.stream)
     *tokens, done = evs
     assert tokens
     assert all(e.kind is EventKind.TOKENS for e in tokens)
@@ -194,7 +194,7 @@ async def test_first_token_goes_out_alone_then_tokens_are_batched(
 
     await publish_and_run(job, queue, engine, streams, settings)
 
-    evs = await events(streams, job.request_id)
+    evs = await events(streams, job.stream)
     tokens = [e for e in evs if e.kind is EventKind.TOKENS]
     assert [e.tokens for e in tokens] == [1, 4, 4, 4, 1]
     assert tokens[0].text == "You "
@@ -210,7 +210,7 @@ async def test_max_tokens_ends_the_reply_with_finish_reason_length(
 
     await publish_and_run(job, queue, engine, streams)
 
-    done = (await events(streams, job.request_id))[-1]
+    done = (await events(streams, job.stream))[-1]
     assert done.kind is EventKind.DONE
     assert done.finish_reason is FinishReason.LENGTH
     assert done.usage is not None
@@ -226,11 +226,11 @@ async def test_a_stop_sequence_ends_the_reply_before_it_with_finish_reason_stop(
 
     await publish_and_run(job, queue, engine, streams)
 
-    done = (await events(streams, job.request_id))[-1]
+    done = (await events(streams, job.stream))[-1]
     assert done.kind is EventKind.DONE
     assert done.finish_reason is FinishReason.STOP
     assert done.text == "You said: hi w0 w1 w2 "
-    assert "w3" not in token_text(await events(streams, job.request_id))
+    assert "w3" not in token_text(await events(streams, job.stream))
 
 
 async def test_cancelling_ends_the_job_as_cancelled_and_stops_the_engine(
@@ -239,10 +239,10 @@ async def test_cancelling_ends_the_job_as_cancelled_and_stops_the_engine(
     engine = FakeEngine(reply_tokens=100_000, tokens_per_second=200)
     job, delivery, task = await start_job(queue, engine, streams)
 
-    await streams.cancel(job.request_id)
+    await streams.cancel(job.stream)
     await asyncio.wait_for(task, 10)
 
-    evs = await events(streams, job.request_id)
+    evs = await events(streams, job.stream)
     done = evs[-1]
     assert done.kind is EventKind.DONE
     assert done.finish_reason is FinishReason.CANCELLED
@@ -257,7 +257,7 @@ async def test_cancelling_ends_the_job_as_cancelled_and_stops_the_engine(
     steps = engine.steps
     await asyncio.sleep(0.2)
     assert engine.steps == steps
-    assert len(await events(streams, job.request_id)) == len(evs)
+    assert len(await events(streams, job.stream)) == len(evs)
 
 
 async def test_a_passed_deadline_ends_the_job_with_a_timeout_error(
@@ -268,7 +268,7 @@ async def test_a_passed_deadline_ends_the_job_with_a_timeout_error(
 
     delivery = await publish_and_run(job, queue, engine, streams)
 
-    [error] = await events(streams, job.request_id)
+    [error] = await events(streams, job.stream)
     assert error.kind is EventKind.ERROR
     assert error.error_code == "timeout"
     assert error.finish_reason is FinishReason.ERROR
@@ -288,7 +288,7 @@ async def test_a_deadline_passing_mid_reply_keeps_the_text_so_far_and_stops_the_
 
     await publish_and_run(job, queue, engine, streams)
 
-    evs = await events(streams, job.request_id)
+    evs = await events(streams, job.stream)
     error = evs[-1]
     assert error.kind is EventKind.ERROR
     assert error.error_code == "timeout"
@@ -308,7 +308,7 @@ async def test_an_engine_error_before_the_first_token_is_retried_invisibly(
 
     assert first.attempt == 1
     await assert_settled(first)
-    assert await events(streams, job.request_id) == []
+    assert await events(streams, job.stream) == []
     assert await completions(streams) == []
     assert queue.pending(MODEL) == 1
 
@@ -316,7 +316,7 @@ async def test_an_engine_error_before_the_first_token_is_retried_invisibly(
     assert second.attempt == 2
     await run(job, second, engine, streams)
 
-    evs = await events(streams, job.request_id)
+    evs = await events(streams, job.stream)
     assert evs[-1].kind is EventKind.DONE
     assert evs[-1].text == "".join(engine.reply_words(job.messages))
     assert engine.calls == 2
@@ -341,7 +341,7 @@ async def test_an_engine_that_keeps_failing_before_the_first_token_is_dead_lette
     assert engine.calls == DELIVERY_LIMIT
     assert queue.pending(MODEL) == 0
     # Telling the client is the dead-letter handler's job (see the runner's tests).
-    assert await events(streams, job.request_id) == []
+    assert await events(streams, job.stream) == []
     dead = await asyncio.wait_for(anext(queue.dead_letters(MODEL)), 5)
     assert dead.job == job
     assert dead.attempt == DELIVERY_LIMIT
@@ -355,7 +355,7 @@ async def test_an_engine_error_after_the_first_token_ends_the_reply_without_retr
 
     delivery = await publish_and_run(job, queue, engine, streams)
 
-    evs = await events(streams, job.request_id)
+    evs = await events(streams, job.stream)
     error = evs[-1]
     assert error.kind is EventKind.ERROR
     assert error.error_code == "engine_error"
@@ -380,7 +380,7 @@ async def test_a_redelivered_job_continues_the_stream_a_dead_worker_began(
     words = engine.reply_words(job.messages)
     # What the dead worker managed to append before it died.
     await streams.append(
-        job.request_id,
+        job.stream,
         [
             StreamEvent(kind=EventKind.TOKENS, text=words[0], tokens=1),
             StreamEvent(kind=EventKind.TOKENS, text=words[1] + words[2], tokens=2),
@@ -389,7 +389,7 @@ async def test_a_redelivered_job_continues_the_stream_a_dead_worker_began(
 
     await publish_and_run(job, queue, engine, streams)
 
-    evs = await events(streams, job.request_id)
+    evs = await events(streams, job.stream)
     done = evs[-1]
     assert done.kind is EventKind.DONE
     assert token_text(evs) == "".join(words)
@@ -411,11 +411,11 @@ async def test_a_job_whose_stream_already_ended_is_only_acknowledged(
         StreamEvent(kind=EventKind.TOKENS, text="All ", tokens=1),
         StreamEvent(kind=EventKind.DONE, text="All ", tokens=1, finish_reason=FinishReason.STOP),
     ]
-    await streams.append(job.request_id, finished)
+    await streams.append(job.stream, finished)
 
     delivery = await publish_and_run(job, queue, engine, streams)
 
-    assert await events(streams, job.request_id) == finished
+    assert await events(streams, job.stream) == finished
     assert engine.prompts == []
     assert await completions(streams) == []
     await assert_settled(delivery)
@@ -433,8 +433,8 @@ async def test_cancelling_the_job_task_stops_its_generation(
     await asyncio.gather(task, return_exceptions=True)
     await asyncio.sleep(0.05)
 
-    steps, entries = engine.steps, len(await events(streams, job.request_id))
+    steps, entries = engine.steps, len(await events(streams, job.stream))
     await asyncio.sleep(0.2)
     assert engine.steps == steps
-    assert len(await events(streams, job.request_id)) == entries
-    assert not any(e.final for e in await events(streams, job.request_id))
+    assert len(await events(streams, job.stream)) == entries
+    assert not any(e.final for e in await events(streams, job.stream))

@@ -145,7 +145,7 @@ async def test_the_worker_runs_every_published_job_to_a_done_event(
         await queue.publish(job)
 
     for i, job in enumerate(jobs):
-        done = await final_event(streams, job.request_id)
+        done = await final_event(streams, job.stream)
         assert done.kind is EventKind.DONE
         assert done.text.startswith(f"You said: question {i} ")
     assert queue.pending(MODEL) == 0
@@ -171,7 +171,7 @@ async def test_the_worker_never_runs_more_jobs_than_its_capacity(
 
     engine.release.set()
     for job in jobs:
-        assert (await final_event(streams, job.request_id)).kind is EventKind.DONE
+        assert (await final_event(streams, job.stream)).kind is EventKind.DONE
     assert engine.max_active == 2
     assert queue.pending(MODEL) == 0
 
@@ -185,12 +185,12 @@ async def test_a_job_whose_engine_fails_once_succeeds_on_redelivery(
 
     await queue.publish(job)
 
-    done = await final_event(streams, job.request_id)
+    done = await final_event(streams, job.stream)
     assert done.kind is EventKind.DONE
     assert done.text == "".join(engine.reply_words(job.messages))
     assert engine.calls == 2
     assert [d.attempt for d in queue.handed_out] == [1, 2]
-    assert [e for e in await events(streams, job.request_id) if e.final] == [done]
+    assert [e for e in await events(streams, job.stream) if e.final] == [done]
 
 
 @pytest.mark.parametrize(
@@ -216,7 +216,7 @@ async def test_a_job_that_keeps_failing_is_dead_lettered_and_its_client_told(
 
     await queue.publish(job)
 
-    error = await final_event(streams, job.request_id)
+    error = await final_event(streams, job.stream)
     assert error.kind is EventKind.ERROR
     assert error.error_code == "job_failed"
     assert error.finish_reason is FinishReason.ERROR
@@ -235,12 +235,12 @@ async def test_a_dead_letter_keeps_the_text_a_worker_streamed_before_failing(
 ) -> None:
     engine = FlakyEngine(100, Unavailable("the inference server is unreachable"))
     job = make_job()
-    await streams.append(job.request_id, [StreamEvent(kind=EventKind.TOKENS, text="Hal", tokens=1)])
+    await streams.append(job.stream, [StreamEvent(kind=EventKind.TOKENS, text="Hal", tokens=1)])
     await start_worker(engine)
 
     await queue.publish(job)
 
-    error = await final_event(streams, job.request_id)
+    error = await final_event(streams, job.stream)
     assert error.error_code == "job_failed"
     assert error.text == "Hal"
     [completion] = await completions(streams)
@@ -253,7 +253,7 @@ async def test_a_dead_letter_whose_stream_already_ended_adds_nothing(
 ) -> None:
     job = make_job()
     finished = [StreamEvent(kind=EventKind.DONE, text="ok", finish_reason=FinishReason.STOP)]
-    await streams.append(job.request_id, finished)
+    await streams.append(job.stream, finished)
     await queue.publish(job)
     deliveries = queue.consume(MODEL, prefetch=1)
     delivery = await anext(deliveries)
@@ -263,10 +263,10 @@ async def test_a_dead_letter_whose_stream_already_ended_adds_nothing(
     # A later job proves the dead-letter loop has had its turn.
     marker = make_job()
     await queue.publish(marker)
-    await final_event(streams, marker.request_id)
+    await final_event(streams, marker.stream)
     await asyncio.sleep(0.1)
 
-    assert await events(streams, job.request_id) == finished
+    assert await events(streams, job.stream) == finished
     assert [c.request_id for c in await completions(streams)] == [marker.request_id]
 
 
@@ -282,13 +282,13 @@ async def test_stop_hands_unfinished_jobs_back_and_the_next_worker_continues(
     await worker.stop(grace_s=0.05)
 
     assert worker.running == 0
-    before = await events(streams, job.request_id)
+    before = await events(streams, job.stream)
     assert before
     assert not any(e.final for e in before)
     steps = slow.steps
     await asyncio.sleep(0.2)
     assert slow.steps == steps  # the stopped worker spends nothing more on it
-    assert await events(streams, job.request_id) == before
+    assert await events(streams, job.stream) == before
     # The stopped worker handed the job back, untouched by anyone else meanwhile.
     assert queue.pending(job.model) == 1
     assert await queue.requeue_unacknowledged() == 0
@@ -296,9 +296,9 @@ async def test_stop_hands_unfinished_jobs_back_and_the_next_worker_continues(
     fast = FakeEngine(reply_tokens=200)
     await start_worker(fast)
 
-    done = await final_event(streams, job.request_id)
+    done = await final_event(streams, job.stream)
     words = "".join(fast.reply_words(job.messages))
-    evs = await events(streams, job.request_id)
+    evs = await events(streams, job.stream)
     assert done.kind is EventKind.DONE
     assert done.text == words
     assert "".join(e.text for e in evs if e.kind is EventKind.TOKENS) == words
@@ -320,7 +320,7 @@ async def test_stop_lets_jobs_finish_within_the_grace_period(
     engine.release.set()
     await asyncio.wait_for(stopping, 10)
 
-    assert (await final_event(streams, job.request_id)).kind is EventKind.DONE
+    assert (await final_event(streams, job.stream)).kind is EventKind.DONE
     assert await queue.requeue_unacknowledged() == 0
     # Stopped: a job published now is not taken.
     await queue.publish(make_job())
