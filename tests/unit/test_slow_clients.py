@@ -126,10 +126,10 @@ async def test_slow_clients_are_cut_while_others_are_served(port: int) -> None:
 
     results = await asyncio.gather(*attack)
     for reply, elapsed in results:
-        # EOF, or the 408 when it arrived before a reset (the client kept writing).
+        # The 408, or only EOF: a line the client writes as the server closes makes the
+        # server's system reset the connection, and the client's system drop the 408.
         assert reply == b"" or reply.startswith(b"HTTP/1.1 408 ")
         assert HEADER_TIMEOUT_S <= elapsed < CLOSED_WITHIN_S
-    assert any(reply.startswith(b"HTTP/1.1 408 ") for reply, _ in results)
 
 
 @pytest.mark.parametrize("sent", [b"", PARTIAL_REQUEST], ids=["nothing", "partial-headers"])

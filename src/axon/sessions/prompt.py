@@ -39,10 +39,10 @@ def fit_prompt(
     ``ContextWindowExceeded``. History is dropped oldest first, a whole message at a time,
     and never starts with an assistant message (a reply without its question misleads).
 
-    Takes time linear in the messages and their text, however many there are: each kept
-    history message is counted once on its own, and the whole prompt is rendered twice
-    (the required part, then the result) unless the template's per-message costs do not
-    add up (see ``_drop_until_it_fits``).
+    Takes time linear in the messages and their text, however many there are (a request
+    may carry thousands): each kept history message is counted once on its own, and only
+    two prompts are rendered, the required part alone and the result, unless the
+    template's per-message costs do not add up (see ``_drop_until_it_fits``).
     """
     tokenizer = info.tokenizer
     budget = info.context_window - reserve
@@ -91,8 +91,9 @@ def _drop_until_it_fits(
 ) -> int:
     """The smallest start after ``too_long`` (whose prompt is over ``budget``) at which
     the prompt fits, by bisection over the real count: dropping turns one at a time and
-    rendering each time would be quadratic. Every prompt rendered here is at most the one
-    that was just over the budget, so this costs O(context window x log(messages)).
+    rendering each time would be quadratic. Each prompt rendered here is shorter than the
+    one just over the budget, which the per-message costs had fitted into it: about
+    log2(messages) renderings of about a context window each.
 
     Assumes a shorter history never makes a longer prompt, which holds for any template
     that renders each message once.
