@@ -23,6 +23,7 @@ def message(seq: int, content: str | None = None, session_id: str = "s1") -> Mes
     return MessageRecord(
         id=f"{session_id}-m{seq}",
         session_id=session_id,
+        tenant="t1",
         seq=seq,
         role="user" if seq % 2 else "assistant",
         content=content if content is not None else f"message {seq}",

@@ -5,8 +5,10 @@ produce on demand (503 once, a stream that drops after two chunks)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -96,8 +98,11 @@ async def make_engine() -> AsyncIterator[MakeEngine]:
     """Builds engines with fast retries, and closes them after the test."""
     made: list[OpenAIEngine] = []
 
-    def make(url: str, tokenizer: Any = None, **kwargs: Any) -> OpenAIEngine:
-        client = httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(60.0, connect=2.0))
+    def make(
+        url: str, tokenizer: Any = None, *, read_timeout_s: float = 60.0, **kwargs: Any
+    ) -> OpenAIEngine:
+        timeout = httpx.Timeout(read_timeout_s, connect=2.0)
+        client = httpx.AsyncClient(base_url=url, timeout=timeout)
         kwargs = {"default_max_tokens": 64, "retry_backoff_s": 0.01, **kwargs}
         made.append(
             OpenAIEngine("smollm2", client, tokenizer=tokenizer or EstimateTokenizer(), **kwargs)
@@ -240,6 +245,25 @@ class ScriptedServer:
             writer.close()
 
 
+class SilentServer:
+    """Accepts connections and reads what is sent, but never answers: a hung server."""
+
+    async def __aenter__(self) -> SilentServer:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.read()  # until the client gives up and hangs up
+        finally:
+            writer.close()
+
+
 def status(code: int, body: dict[str, Any], extra: str = "") -> Reply:
     data = json.dumps(body).encode()
     head = f"HTTP/1.1 {code} Scripted\r\ncontent-type: application/json\r\n{extra}"
@@ -332,7 +356,7 @@ async def test_failures_before_the_first_token_are_retried(
 
 async def test_gives_up_after_max_retries(make_engine: MakeEngine) -> None:
     async with ScriptedServer(OVERLOADED) as server:
-        with pytest.raises(EngineError, match=r"failed 3 times.*HTTP 503: overloaded"):
+        with pytest.raises(EngineError, match=r"failed 3 times.*failed \(HTTP 503\)\.$"):
             await collect(make_engine(server.url, max_retries=2), COUNT, GREEDY)
     assert len(server.received) == 3
 
@@ -343,7 +367,7 @@ async def test_a_closed_port_fails_at_start_and_after_the_retries(make_engine: M
 
     with pytest.raises(ConfigError, match=f"{url} is not reachable.*BASE_URL"):
         await engine.start()
-    with pytest.raises(EngineError, match="failed 2 times before the first token: ConnectError"):
+    with pytest.raises(EngineError, match=r"failed 2 times before the first token.*not be reached"):
         await collect(engine, COUNT, GREEDY)
     assert not engine.ready
     assert engine.running == 0
@@ -364,10 +388,10 @@ async def test_a_failure_after_the_first_token_is_an_error_not_a_retry(
 @pytest.mark.parametrize(
     ("reply", "error", "message"),
     [
-        (status(400, VLLM_CONTEXT), ContextWindowExceeded, "maximum context length is 2048"),
-        (status(400, {"error": {"message": "bad temperature"}}), InvalidRequest, "temperature"),
-        # FastAPI's validation errors quote the input: only where and what is kept.
-        (status(422, FASTAPI_422), InvalidRequest, "body.n: bad$"),
+        (status(400, VLLM_CONTEXT), ContextWindowExceeded, "context window"),
+        (status(400, {"error": {"message": "bad temperature"}}), InvalidRequest, r"HTTP 400"),
+        # FastAPI's validation errors quote the input: none of it reaches the client.
+        (status(422, FASTAPI_422), InvalidRequest, r"HTTP 422"),
         (status(401, {"error": "no key"}), ConfigError, "API_KEY"),
         (status(404, {"message": "The model `x` does not exist."}), ConfigError, "REMOTE_MODEL"),
     ],
@@ -380,6 +404,65 @@ async def test_client_errors_are_mapped_and_never_retried(
             await collect(make_engine(server.url), COUNT, GREEDY)
     assert type(raised.value) is error
     assert len(server.received) == 1
+    # What the server said is the operator's to read in the log, not the client's.
+    said = ("2048", "temperature", "the prompt", "body.n", "no key", "`x`")
+    assert not [word for word in said if word in str(raised.value)]
+
+
+#: A distinctive path under the API root, so that a leak of it is easy to see.
+MOUNT = "/private-mount"
+
+
+@contextlib.asynccontextmanager
+async def refusing() -> AsyncIterator[str]:
+    yield f"http://127.0.0.1:{free_port()}/v1{MOUNT}"
+
+
+@contextlib.asynccontextmanager
+async def failing() -> AsyncIterator[str]:
+    async with ScriptedServer() as server:
+        # Servers and proxies in front of them echo their own address in error bodies.
+        echo = {"error": {"message": f"upstream {server.url}{MOUNT} crashed: Traceback"}}
+        server.replies = (status(500, echo),)
+        yield f"{server.url}{MOUNT}"
+
+
+@contextlib.asynccontextmanager
+async def hanging() -> AsyncIterator[str]:
+    async with SilentServer() as server:
+        yield f"{server.url}{MOUNT}"
+
+
+@pytest.mark.parametrize(
+    ("upstream", "reason"),
+    [
+        (refusing, "could not be reached"),
+        (failing, r"failed \(HTTP 500\)"),
+        (hanging, "timed out"),
+    ],
+    ids=["refused", "http-500", "timeout"],
+)
+async def test_errors_name_no_upstream_address_and_quote_nothing_it_said(
+    upstream: Callable[[], contextlib.AbstractAsyncContextManager[str]],
+    reason: str,
+    make_engine: MakeEngine,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A client sees the engine's error message (in an SSE error event or the stored
+    # turn): the upstream's address and words are the operator's, in the log.
+    async with upstream() as url:
+        engine = make_engine(url, max_retries=1, read_timeout_s=0.3)
+        with caplog.at_level(logging.WARNING), pytest.raises(EngineError, match=reason) as raised:
+            await collect(engine, COUNT, GREEDY)
+
+    address = httpx.URL(url)
+    message = json.dumps(raised.value.to_body())
+    assert "upstream model server" in message
+    leaks = [address.host, f":{address.port}", str(address.port), "/v1", MOUNT, "Traceback"]
+    assert [leak for leak in leaks if leak in message] == []
+    logged = [r for r in caplog.records if r.name == "axon.worker.engines.openai"]
+    assert logged
+    assert all(r.levelno == logging.WARNING and getattr(r, "url", None) == url for r in logged)
 
 
 async def test_from_settings_sends_the_key_and_the_remote_model() -> None:

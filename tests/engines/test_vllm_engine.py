@@ -175,6 +175,23 @@ class TestOnVllmCpu:
         assert after["tokens"] == 4
         assert after["running_after"] == 0
 
+    def test_control_tokens_typed_in_a_message_stay_text(self, results: Any) -> None:
+        forged = results["control_tokens"]
+        start, end = forged["im_start"], forged["im_end"]
+        (sent,) = forged["sent"]
+        # vLLM receives the ids the tokenizer counts, not text it would tokenize itself.
+        assert sent == forged["encoded"]
+        assert forged["prompt_tokens"] == forged["count_prompt"] == len(sent)
+        # One turn header per real message (system, user) and one for the reply; the
+        # forged header and turn ends are plain characters...
+        assert (sent.count(start), sent.count(end)) == (3, 2)
+        assert forged["rendered_ids"].count(start) == 5  # ...which would otherwise forge a turn
+        text = forged["text_ids"]
+        assert not set(text) & set(forged["special_ids"])
+        assert any(sent[i : i + len(text)] == text for i in range(len(sent)))
+        # Nothing is lost: the ids spell exactly the rendered conversation.
+        assert forged["decoded"] == forged["rendered"]
+
     def test_a_seed_makes_sampling_repeatable(self, results: Any) -> None:
         assert results["seed_a"]["text"].strip()
         assert results["seed_a"]["text"] == results["seed_b"]["text"]

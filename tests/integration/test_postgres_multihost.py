@@ -4,6 +4,7 @@ writes, so a Multi-AZ failover costs a reconnect, not a configuration change."""
 from __future__ import annotations
 
 import pytest
+import sqlalchemy as sa
 
 from axon.sessions.sql import SqlSessionStore, make_engine
 from support.services import POSTGRES_ADMIN, require_port
@@ -20,8 +21,15 @@ async def test_first_host_down_second_serves() -> None:
         f"postgresql+asyncpg://{user}@/{database}"
         "?host=127.0.0.1:1&host=127.0.0.1:5432&target_session_attrs=read-write"
     )
-    store = SqlSessionStore(make_engine(url))
+    engine = make_engine(url)
+    store = SqlSessionStore(engine)
     try:
         await store.ping()
+        async with engine.connect() as conn:
+            port = (await conn.execute(sa.text("SELECT inet_server_port()"))).scalar_one()
+            read_only = (await conn.execute(sa.text("SHOW transaction_read_only"))).scalar_one()
+        # The first host refused; the connection is to the second, a writable primary.
+        assert port == 5432
+        assert read_only == "off"
     finally:
         await store.close()

@@ -14,13 +14,17 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import create_async_engine
 
-from axon.core.errors import NotFound
+from axon.core.errors import NotFound, StoreUnavailable
 from axon.core.types import FinishReason
 from axon.sessions.migrate import upgrade
-from axon.sessions.tables import messages, sessions
 from axon.sessions.sql import SqlSessionStore, make_engine
 from axon.sessions.store import AssistantReply
+from axon.sessions.tables import messages, sessions
+
+#: The tenant every test works in (isolation between tenants has its own tests).
+T = "tenant-1"
 
 #: Where the PostgreSQL server is (``AXON_TEST_POSTGRES_URL`` names another); each test
 #: run creates its own database on it and drops it at the end.
@@ -109,6 +113,7 @@ async def count_messages(store: SqlSessionStore, **where: str) -> int:
 
 def reply(session_id: str, reply_id: str, content: str = "An answer.") -> AssistantReply:
     return AssistantReply(
+        tenant=T,
         id=reply_id,
         session_id=session_id,
         content=content,
@@ -120,9 +125,9 @@ def reply(session_id: str, reply_id: str, content: str = "An answer.") -> Assist
 
 
 async def test_a_created_session_can_be_read_back(store: SqlSessionStore) -> None:
-    created = await store.create_session(title="Trip", model="tiny", system_prompt="Be brief.")
+    created = await store.create_session(T, title="Trip", model="tiny", system_prompt="Be brief.")
 
-    got = await store.get_session(created.id)
+    got = await store.get_session(T, created.id)
 
     assert got == created
     assert got.title == "Trip"
@@ -133,68 +138,70 @@ async def test_a_created_session_can_be_read_back(store: SqlSessionStore) -> Non
 
 async def test_an_unknown_session_is_not_found(store: SqlSessionStore) -> None:
     with pytest.raises(NotFound) as caught:
-        await store.get_session("sess_missing")
+        await store.get_session(T, "sess_missing")
     assert caught.value.code == "not_found"
     with pytest.raises(NotFound):
-        await store.delete_session("sess_missing")
+        await store.delete_session(T, "sess_missing")
     with pytest.raises(NotFound):
-        await store.add_user_message("sess_missing", content="hi", reply_id="req_x")
+        await store.add_user_message(T, "sess_missing", content="hi", reply_id="req_x")
 
 
 async def test_sessions_are_listed_newest_first_in_pages(store: SqlSessionStore) -> None:
     created = []
     for i in range(5):
-        created.append(await store.create_session(title=f"s{i}", model="tiny", system_prompt=None))
+        created.append(
+            await store.create_session(T, title=f"s{i}", model="tiny", system_prompt=None)
+        )
         # Ids carry milliseconds: keep the creations apart so "newest" is well defined.
         await asyncio.sleep(0.002)
     newest_first = [s.id for s in reversed(created)]
 
-    page1, more1 = await store.list_sessions(limit=2)
-    page2, more2 = await store.list_sessions(limit=2, after=page1[-1].id)
-    page3, more3 = await store.list_sessions(limit=2, after=page2[-1].id)
+    page1, more1 = await store.list_sessions(T, limit=2)
+    page2, more2 = await store.list_sessions(T, limit=2, after=page1[-1].id)
+    page3, more3 = await store.list_sessions(T, limit=2, after=page2[-1].id)
 
     assert [s.id for s in page1 + page2 + page3] == newest_first
     assert (more1, more2, more3) == (True, True, False)
     assert [s.title for s in page1] == ["s4", "s3"]
-    everything, more = await store.list_sessions(limit=5)
+    everything, more = await store.list_sessions(T, limit=5)
     assert [s.id for s in everything] == newest_first
     assert more is False
 
 
 async def test_an_empty_store_lists_nothing(store: SqlSessionStore) -> None:
-    assert await store.list_sessions(limit=10) == ([], False)
+    assert await store.list_sessions(T, limit=10) == ([], False)
 
 
 async def test_deleting_a_session_deletes_its_messages(store: SqlSessionStore) -> None:
-    session = await store.create_session(title="t", model="tiny", system_prompt=None)
-    other = await store.create_session(title="keep", model="tiny", system_prompt=None)
-    message, _ = await store.add_user_message(session.id, content="hi", reply_id="req_1")
+    session = await store.create_session(T, title="t", model="tiny", system_prompt=None)
+    other = await store.create_session(T, title="keep", model="tiny", system_prompt=None)
+    message, _ = await store.add_user_message(T, session.id, content="hi", reply_id="req_1")
     await store.add_assistant_message(reply(session.id, "req_1"))
-    await store.add_user_message(other.id, content="still here", reply_id="req_2")
+    await store.add_user_message(T, other.id, content="still here", reply_id="req_2")
 
-    await store.delete_session(session.id)
+    await store.delete_session(T, session.id)
 
     with pytest.raises(NotFound):
-        await store.get_session(session.id)
+        await store.get_session(T, session.id)
     with pytest.raises(NotFound):
-        await store.delete_session(session.id)
-    assert await store.recent_messages(session.id, 10) == []
-    assert await store.get_message(session.id, message.id) is None
+        await store.delete_session(T, session.id)
+    assert await store.recent_messages(T, session.id, 10) == []
+    assert await store.get_message(T, session.id, message.id) is None
     assert await count_messages(store, session_id=session.id) == 0
-    assert [m.content for m in await store.recent_messages(other.id, 10)] == ["still here"]
-    assert [s.id for s in (await store.list_sessions(limit=10))[0]] == [other.id]
+    assert [m.content for m in await store.recent_messages(T, other.id, 10)] == ["still here"]
+    assert [s.id for s in (await store.list_sessions(T, limit=10))[0]] == [other.id]
 
 
 async def test_a_retried_user_message_with_the_same_idempotency_key_is_stored_once(
     store: SqlSessionStore,
 ) -> None:
-    session = await store.create_session(title="t", model="tiny", system_prompt=None)
+    session = await store.create_session(T, title="t", model="tiny", system_prompt=None)
 
     first, created1 = await store.add_user_message(
-        session.id, content="hello", reply_id="req_1", idempotency_key="key-1"
+        T, session.id, content="hello", reply_id="req_1", idempotency_key="key-1"
     )
     again, created2 = await store.add_user_message(
-        session.id, content="hello", reply_id="req_2", idempotency_key="key-1"
+        T, session.id, content="hello", reply_id="req_2", idempotency_key="key-1"
     )
 
     assert (created1, created2) == (True, False)
@@ -204,14 +211,14 @@ async def test_a_retried_user_message_with_the_same_idempotency_key_is_stored_on
 
 
 async def test_idempotency_keys_are_scoped_to_their_session(store: SqlSessionStore) -> None:
-    a = await store.create_session(title="a", model="tiny", system_prompt=None)
-    b = await store.create_session(title="b", model="tiny", system_prompt=None)
+    a = await store.create_session(T, title="a", model="tiny", system_prompt=None)
+    b = await store.create_session(T, title="b", model="tiny", system_prompt=None)
 
     in_a, new_a = await store.add_user_message(
-        a.id, content="hi", reply_id="req_a", idempotency_key="same"
+        T, a.id, content="hi", reply_id="req_a", idempotency_key="same"
     )
     in_b, new_b = await store.add_user_message(
-        b.id, content="hi", reply_id="req_b", idempotency_key="same"
+        T, b.id, content="hi", reply_id="req_b", idempotency_key="same"
     )
 
     assert (new_a, new_b) == (True, True)
@@ -219,10 +226,10 @@ async def test_idempotency_keys_are_scoped_to_their_session(store: SqlSessionSto
 
 
 async def test_user_messages_without_a_key_are_all_stored(store: SqlSessionStore) -> None:
-    session = await store.create_session(title="t", model="tiny", system_prompt=None)
+    session = await store.create_session(T, title="t", model="tiny", system_prompt=None)
 
-    one, new1 = await store.add_user_message(session.id, content="hi", reply_id="req_1")
-    two, new2 = await store.add_user_message(session.id, content="hi", reply_id="req_2")
+    one, new1 = await store.add_user_message(T, session.id, content="hi", reply_id="req_1")
+    two, new2 = await store.add_user_message(T, session.id, content="hi", reply_id="req_2")
 
     assert (new1, new2) == (True, True)
     assert one.id != two.id
@@ -230,8 +237,8 @@ async def test_user_messages_without_a_key_are_all_stored(store: SqlSessionStore
 
 
 async def test_an_assistant_reply_is_stored_exactly_once(store: SqlSessionStore) -> None:
-    session = await store.create_session(title="t", model="tiny", system_prompt=None)
-    await store.add_user_message(session.id, content="hi", reply_id="req_1")
+    session = await store.create_session(T, title="t", model="tiny", system_prompt=None)
+    await store.add_user_message(T, session.id, content="hi", reply_id="req_1")
 
     stored = await store.add_assistant_message(reply(session.id, "req_1", "Hello!"))
     again = await store.add_assistant_message(reply(session.id, "req_1", "A different text"))
@@ -244,13 +251,13 @@ async def test_an_assistant_reply_is_stored_exactly_once(store: SqlSessionStore)
     assert (stored.prompt_tokens, stored.completion_tokens) == (12, 3)
     assert again is None
     assert await count_messages(store, id="req_1") == 1
-    assert await store.get_message(session.id, "req_1") == stored
+    assert await store.get_message(T, session.id, "req_1") == stored
 
 
 async def test_a_reply_for_a_deleted_session_is_dropped_quietly(store: SqlSessionStore) -> None:
-    session = await store.create_session(title="t", model="tiny", system_prompt=None)
-    await store.add_user_message(session.id, content="hi", reply_id="req_1")
-    await store.delete_session(session.id)
+    session = await store.create_session(T, title="t", model="tiny", system_prompt=None)
+    await store.add_user_message(T, session.id, content="hi", reply_id="req_1")
+    await store.delete_session(T, session.id)
 
     assert await store.add_assistant_message(reply(session.id, "req_1")) is None
     assert await store.add_assistant_message(reply("sess_never", "req_2")) is None
@@ -258,8 +265,9 @@ async def test_a_reply_for_a_deleted_session_is_dropped_quietly(store: SqlSessio
 
 
 async def test_a_failed_reply_keeps_its_status_and_error_code(store: SqlSessionStore) -> None:
-    session = await store.create_session(title="t", model="tiny", system_prompt=None)
+    session = await store.create_session(T, title="t", model="tiny", system_prompt=None)
     failed = AssistantReply(
+        tenant=T,
         id="req_1",
         session_id=session.id,
         content="Partial",
@@ -278,14 +286,14 @@ async def test_a_failed_reply_keeps_its_status_and_error_code(store: SqlSessionS
 
 
 async def test_recent_messages_are_the_newest_oldest_first(store: SqlSessionStore) -> None:
-    session = await store.create_session(title="t", model="tiny", system_prompt=None)
+    session = await store.create_session(T, title="t", model="tiny", system_prompt=None)
     for turn in range(1, 4):
-        await store.add_user_message(session.id, content=f"q{turn}", reply_id=f"req_{turn}")
+        await store.add_user_message(T, session.id, content=f"q{turn}", reply_id=f"req_{turn}")
         if turn < 3:
             await store.add_assistant_message(reply(session.id, f"req_{turn}", f"a{turn}"))
 
-    everything = await store.recent_messages(session.id, 100)
-    last3 = await store.recent_messages(session.id, 3)
+    everything = await store.recent_messages(T, session.id, 100)
+    last3 = await store.recent_messages(T, session.id, 3)
 
     assert [m.content for m in everything] == ["q1", "a1", "q2", "a2", "q3"]
     assert [m.role for m in everything] == ["user", "assistant"] * 2 + ["user"]
@@ -296,29 +304,29 @@ async def test_recent_messages_are_the_newest_oldest_first(store: SqlSessionStor
 
 
 async def test_find_turn_finds_the_question_of_a_reply(store: SqlSessionStore) -> None:
-    session = await store.create_session(title="t", model="tiny", system_prompt=None)
-    other = await store.create_session(title="o", model="tiny", system_prompt=None)
-    question, _ = await store.add_user_message(session.id, content="why?", reply_id="req_9")
+    session = await store.create_session(T, title="t", model="tiny", system_prompt=None)
+    other = await store.create_session(T, title="o", model="tiny", system_prompt=None)
+    question, _ = await store.add_user_message(T, session.id, content="why?", reply_id="req_9")
 
-    assert await store.find_turn(session.id, "req_9") == question
-    assert await store.find_turn(session.id, "req_unknown") is None
-    assert await store.find_turn(other.id, "req_9") is None
+    assert await store.find_turn(T, session.id, "req_9") == question
+    assert await store.find_turn(T, session.id, "req_unknown") is None
+    assert await store.find_turn(T, other.id, "req_9") is None
 
 
 async def test_concurrent_user_messages_on_one_session_all_get_their_own_place(
     store: SqlSessionStore,
 ) -> None:
-    session = await store.create_session(title="t", model="tiny", system_prompt=None)
+    session = await store.create_session(T, title="t", model="tiny", system_prompt=None)
 
     results = await asyncio.gather(
         *(
-            store.add_user_message(session.id, content=f"m{i}", reply_id=f"req_{i}")
+            store.add_user_message(T, session.id, content=f"m{i}", reply_id=f"req_{i}")
             for i in range(10)
         )
     )
 
     assert all(created for _, created in results)
-    stored = await store.recent_messages(session.id, 100)
+    stored = await store.recent_messages(T, session.id, 100)
     assert len(stored) == 10
     assert len({m.id for m in stored}) == 10
     assert sorted(m.content for m in stored) == sorted(f"m{i}" for i in range(10))
@@ -328,19 +336,131 @@ async def test_concurrent_user_messages_on_one_session_all_get_their_own_place(
     assert sorted(m.seq for m, _ in results) == seqs
 
 
-async def test_ping_answers_when_the_store_is_up(store: SqlSessionStore) -> None:
+async def test_ping_tells_a_store_that_is_up_from_one_that_is_down(
+    store: SqlSessionStore, db_url: str, tmp_path: Path
+) -> None:
     await store.ping()
+    if db_url.startswith("sqlite"):
+        down = f"sqlite+aiosqlite:///{tmp_path / 'not-a-folder'}/x/axon.db"
+        (tmp_path / "not-a-folder").write_text("a file where a folder should be")
+    else:
+        down = make_url(db_url).set(port=1).render_as_string(hide_password=False)
+    unreachable = SqlSessionStore(create_async_engine(down))
+    try:
+        with pytest.raises(StoreUnavailable):
+            await unreachable.ping()
+    finally:
+        await unreachable.close()
+
+
+async def test_every_query_is_scoped_by_tenant(store: SqlSessionStore) -> None:
+    other = "tenant-2"
+    session = await store.create_session(T, title="mine", model="tiny", system_prompt=None)
+    question, _ = await store.add_user_message(
+        T, session.id, content="q", reply_id="msg_r1", idempotency_key="k1"
+    )
+    assert await store.add_assistant_message(reply(session.id, "msg_r1")) is not None
+
+    with pytest.raises(NotFound) as theirs:
+        await store.get_session(other, session.id)
+    with pytest.raises(NotFound) as unknown:
+        await store.get_session(other, "sess_unknown")
+    assert str(theirs.value).replace(session.id, "ID") == str(unknown.value).replace(
+        "sess_unknown", "ID"
+    )
+    assert await store.list_sessions(other, limit=10) == ([], False)
+    with pytest.raises(NotFound):
+        await store.delete_session(other, session.id)
+    with pytest.raises(NotFound):
+        await store.add_user_message(other, session.id, content="x", reply_id="msg_r2")
+    assert await store.recent_messages(other, session.id, 10) == []
+    assert await store.get_message(other, session.id, "msg_r1") is None
+    assert await store.find_turn(other, session.id, "msg_r1") is None
+    assert await store.find_by_idempotency_key(other, session.id, "k1") is None
+    foreign = AssistantReply(
+        tenant=other,
+        id="msg_r3",
+        session_id=session.id,
+        content="injected",
+        status="complete",
+        finish_reason=FinishReason.STOP,
+        prompt_tokens=1,
+        completion_tokens=1,
+    )
+    assert await store.add_assistant_message(foreign) is None
+
+    # The owner still sees everything, and only that.
+    assert [m.id for m in await store.recent_messages(T, session.id, 10)] == [
+        question.id,
+        "msg_r1",
+    ]
+    assert (await store.find_by_idempotency_key(T, session.id, "k1")) == question
+
+
+async def test_the_tenant_migration_moves_existing_rows_to_the_default_tenant(
+    db_url: str,
+) -> None:
+    await upgrade(db_url, "0001")
+    engine = make_engine(db_url)
+    now = sa.func.current_timestamp()
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(sa.text("DELETE FROM axon_messages"))
+            await conn.execute(sa.text("DELETE FROM axon_sessions"))
+            await conn.execute(
+                sa.insert(
+                    sa.table(
+                        "axon_sessions",
+                        *(
+                            sa.column(c)
+                            for c in ("id", "title", "model", "created_at", "updated_at")
+                        ),
+                    )
+                ).values(id="sess_old", title="old", model="tiny", created_at=now, updated_at=now)
+            )
+            await conn.execute(
+                sa.insert(
+                    sa.table(
+                        "axon_messages",
+                        *(
+                            sa.column(c)
+                            for c in ("id", "session_id", "role", "content", "status", "created_at")
+                        ),
+                    )
+                ).values(
+                    id="msg_old",
+                    session_id="sess_old",
+                    role="user",
+                    content="hi",
+                    status="complete",
+                    created_at=now,
+                )
+            )
+    finally:
+        await engine.dispose()
+
+    await upgrade(db_url)
+
+    store = SqlSessionStore(make_engine(db_url))
+    try:
+        assert (await store.get_session("default", "sess_old")).tenant == "default"
+        [old] = await store.recent_messages("default", "sess_old", 10)
+        assert (old.id, old.tenant) == ("msg_old", "default")
+        with pytest.raises(NotFound):
+            await store.get_session(T, "sess_old")
+    finally:
+        await store.close()
 
 
 async def test_upgrading_an_up_to_date_schema_changes_nothing(
     store: SqlSessionStore, db_url: str
 ) -> None:
-    session = await store.create_session(title="t", model="tiny", system_prompt=None)
+    session = await store.create_session(T, title="t", model="tiny", system_prompt=None)
 
     await upgrade(db_url)
     await upgrade(db_url)
 
-    assert await store.get_session(session.id) == session
+    assert await store.get_session(T, session.id) == session
 
 
 def test_axon_db_upgrade_can_run_twice(db_url: str, tmp_path: Path) -> None:

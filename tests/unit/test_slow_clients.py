@@ -160,6 +160,20 @@ async def test_next_request_on_a_kept_alive_connection_has_the_deadline(
     assert reply.startswith(b"HTTP/1.1 408 ")
 
 
+async def test_a_request_begun_in_the_same_write_as_the_previous_one_has_the_deadline(
+    port: int,
+) -> None:
+    reader, writer = await _connect(port)
+    try:
+        writer.write(PARTIAL_REQUEST + b"\r\n" + PARTIAL_REQUEST)
+        assert (await _read_response(reader))[0] == 200
+        async with asyncio.timeout(CLOSED_WITHIN_S):
+            reply = await _read_until_closed(reader)
+    finally:
+        writer.close()
+    assert reply.startswith(b"HTTP/1.1 408 ")
+
+
 async def test_idle_keep_alive_outlives_the_header_deadline(port: int) -> None:
     reader, writer = await _connect(port)
     try:

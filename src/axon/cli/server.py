@@ -80,6 +80,12 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         ):
             self._reject(_HEADERS_TOO_LARGE)
 
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        # A request that begins in the same read as the end of the previous one.
+        if self._header_deadline is None:
+            self._start_clock()
+
     def on_headers_complete(self) -> None:
         self._stop_clock()
         self._reading_body = True
@@ -136,10 +142,10 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 def header_deadline_protocol(timeout_s: float) -> type[HeaderDeadlineProtocol]:
     """The protocol class with its deadline set: uvicorn builds protocols from a class."""
 
-    class Protocol(HeaderDeadlineProtocol):
+    class Configured(HeaderDeadlineProtocol):
         header_timeout_s = timeout_s
 
-    return Protocol
+    return Configured
 
 
 def server_config(app: FastAPI, settings: Settings) -> uvicorn.Config:

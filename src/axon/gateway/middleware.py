@@ -92,7 +92,10 @@ class BodyLimit:
                 return await receive()
             remaining = deadline - time.monotonic()
             try:
-                message = await asyncio.wait_for(receive(), max(remaining, 0.001))
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+                # cancellation (the client leaving) that arrives as the message does.
+                async with asyncio.timeout(max(remaining, 0.001)):
+                    message = await receive()
             except TimeoutError:
                 # The framework re-raises HTTP exceptions from body reads untouched.
                 raise HTTPException(408, "the request body did not arrive in time") from None

@@ -25,6 +25,12 @@ class LoadShedder:
         #: Replies this replica relays whose first token has not come: id -> (model, since).
         self._waiting: dict[str, tuple[str, float]] = {}
         self._depths: dict[str, tuple[float, int]] = {}
+        #: Jobs this replica published since it last read each model's depth: a burst
+        #: between two reads counts at once, not a second later.
+        self._since_read: dict[str, int] = {}
+
+    def published(self, model: str) -> None:
+        self._since_read[model] = self._since_read.get(model, 0) + 1
 
     def waiting(self, request_id: str, model: str) -> None:
         self._waiting.setdefault(request_id, (model, time.monotonic()))
@@ -66,9 +72,11 @@ class LoadShedder:
                 return  # the broker is the problem; publishing answers that with a 503
             cached = (now, depth)
             self._depths[model] = cached
-        if cached[1] >= limit:
+            self._since_read[model] = 0
+        depth = cached[1] + self._since_read.get(model, 0)
+        if depth >= limit:
             raise self._refuse(
                 "queue_depth",
-                f"the model {model!r} is overloaded: {cached[1]} requests are waiting; retry later",
+                f"the model {model!r} is overloaded: {depth} requests are waiting; retry later",
                 2.0,
             )

@@ -417,6 +417,7 @@ class SessionManager:
                 )
             raise
         metrics.JOBS_PUBLISHED.labels(job.model).inc()
+        self._load.published(job.model)
 
     async def start_completion(
         self,

@@ -74,7 +74,8 @@ class MemoryTokenStreams(TokenStreams):
         if entries or timeout_s <= 0:
             return entries
         try:
-            await asyncio.wait_for(stream.changed.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):  # not wait_for: see read_completions
+                await stream.changed.wait()
         except TimeoutError:
             return []
         return self._after(stream, after)
@@ -104,7 +105,11 @@ class MemoryTokenStreams(TokenStreams):
                 out.append((cid, by_id[cid]))
         if not out and index >= len(self._completions) and timeout_s > 0:
             try:
-                await asyncio.wait_for(self._completions_changed.wait(), timeout_s)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+                # cancellation that arrives as the event fires, and the consumer would
+                # then never stop.
+                async with asyncio.timeout(timeout_s):
+                    await self._completions_changed.wait()
             except TimeoutError:
                 return []
             index, pending = self._groups[group]

@@ -33,14 +33,18 @@ async def test_a_new_key_is_long_random_prefixed_and_stored_only_as_a_digest(
 ) -> None:
     record, key = await keys.create("acme", requests_per_minute=5, tokens_per_minute=0)
 
-    assert key.startswith(KEY_PREFIX) and len(key) >= 40
-    assert record.tenant == "acme" and key.startswith(record.prefix)
+    assert key.startswith(KEY_PREFIX)
+    assert len(key) >= 40
+    assert record.tenant == "acme"
+    assert key.startswith(record.prefix)
     assert (record.requests_per_minute, record.tokens_per_minute) == (5, 0)
     async with keys._engine.connect() as conn:
         rows = [dict(r._mapping) for r in (await conn.execute(sa.select(api_keys))).all()]
     # Nothing in the table holds the key: only its lookup prefix and its digest.
-    assert rows and not any(key in str(value) for value in rows[0].values())
-    assert "digest" not in record.public() and key not in str(record.public())
+    assert rows
+    assert not any(key in str(value) for value in rows[0].values())
+    assert "digest" not in record.public()
+    assert key not in str(record.public())
     other = (await keys.create("acme"))[1]
     assert other != key
 
@@ -127,7 +131,8 @@ async def test_the_use_of_a_key_is_recorded(keys: KeyStore) -> None:
     for task in list(auth._touches):
         await task
     [listed] = await keys.list("acme")
-    assert listed.id == record.id and listed.last_used_at is not None
+    assert listed.id == record.id
+    assert listed.last_used_at is not None
 
 
 async def test_anonymous_use_only_when_auth_is_not_required(keys: KeyStore) -> None:

@@ -6,6 +6,10 @@ Continuing a reply (``prefix``) sends the reply so far as a final assistant mess
 llama.cpp's own server continue a final assistant message by themselves. A server that does
 neither (llama-cpp-python's) starts a fresh answer after it instead, so a resumed reply may
 repeat itself or change course there.
+
+Errors that can reach a client name no address and quote nothing the server said: an
+upstream's URL, host names and error bodies are the operator's business, so they go to
+the worker's log (at warning level) and the client gets a generic message.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ log = logging.getLogger(__name__)
 RETRY_BACKOFF_S = 0.25
 #: A server's ``Retry-After`` is honoured up to this long; a longer wait is the queue's job.
 MAX_RETRY_AFTER_S = 5.0
-#: Error text from a server, cut to this length (it may quote the request back).
+#: Error text from a server, cut to this length in logs (it may quote the request back).
 MAX_ERROR_CHARS = 300
 #: How servers say "the prompt does not fit": OpenAI and llama-cpp-python (the code), vLLM
 #: and SGLang ("maximum context length"), llama.cpp ("exceed_context_size_error"), TGI.
@@ -49,11 +53,16 @@ _FIX_KEY = "set AXON_ENGINE__OPENAI__API_KEY to a key that server accepts"
 
 
 class _Retryable(Exception):
-    """A failure that another attempt may not meet, as long as nothing was streamed yet."""
+    """A failure that another attempt may not meet, as long as nothing was streamed yet.
 
-    def __init__(self, reason: str, delay_s: float = 0.0) -> None:
+    ``reason`` may reach a client, so it names no address and quotes nothing the server
+    said; ``detail`` (what the server said) is for the log only.
+    """
+
+    def __init__(self, reason: str, delay_s: float = 0.0, *, detail: str = "") -> None:
         super().__init__(reason)
         self.delay_s = delay_s
+        self.detail = detail
 
 
 class OpenAIEngine(Engine):
@@ -78,7 +87,8 @@ class OpenAIEngine(Engine):
         self.default_max_tokens = default_max_tokens
         self.max_retries = max(0, max_retries)
         self.retry_backoff_s = retry_backoff_s
-        self.base_url = str(client.base_url).rstrip("/")
+        #: The API root without credentials: for logs and operator-facing errors only.
+        self.base_url = _without_credentials(client.base_url)
         self._client = client
         self._tokenizer = tokenizer
         self._started = False
@@ -128,6 +138,8 @@ class OpenAIEngine(Engine):
         return self._running
 
     async def start(self) -> None:
+        # These errors stop the worker at startup and reach only its operator, who needs
+        # the address; ``generate``'s errors may reach a client and name none.
         try:
             response = await self._client.get("models")
         except httpx.TransportError as exc:
@@ -198,28 +210,38 @@ class OpenAIEngine(Engine):
                         if reply.held is not None:  # sent by the server: the client keeps it
                             held, reply.held = reply.held, None
                             yield held
+                        self._log_failure("the model server failed mid-reply", exc, attempt)
                         raise EngineError(
-                            f"The model server at {self.base_url} failed mid-reply: "
-                            f"{_describe(exc)}"
+                            f"The upstream model server failed mid-reply: {_reason(exc)}."
                         ) from exc
                     if attempt == self.max_retries:
+                        self._log_failure("the model server failed; giving up", exc, attempt)
                         raise EngineError(
-                            f"The model server at {self.base_url} failed {attempt + 1} times "
-                            f"before the first token: {_describe(exc)}"
+                            f"The upstream model server failed {attempt + 1} times before the "
+                            f"first token; the last time: {_reason(exc)}."
                         ) from exc
                     delay = self.retry_backoff_s * 2**attempt
                     if isinstance(exc, _Retryable):
                         delay = max(delay, exc.delay_s)
-                    log.warning(
-                        "the model server failed before the first token; retrying",
-                        extra={"attempt": attempt + 1, "reason": _describe(exc)},
+                    self._log_failure(
+                        "the model server failed before the first token; retrying", exc, attempt
                     )
                     await asyncio.sleep(delay)
         finally:
             self._running -= 1
 
+    def _log_failure(self, what: str, exc: BaseException, attempt: int) -> None:
+        log.warning(
+            what,
+            extra={"url": self.base_url, "attempt": attempt + 1, "reason": _describe(exc)},
+        )
+
     async def _check(self, response: httpx.Response) -> None:
-        """Raise for an error status: retryable ones as ``_Retryable``, the rest mapped."""
+        """Raise for an error status: retryable ones as ``_Retryable``, the rest mapped.
+
+        What the server said is logged here, never put in the error: it may name hosts,
+        paths or the server's internals.
+        """
         self._reachable = True
         status = response.status_code
         if status == 200:
@@ -228,19 +250,29 @@ class OpenAIEngine(Engine):
         try:
             message = _message_of(response.json())
         except ValueError:
-            message = response.text[:MAX_ERROR_CHARS] or f"HTTP {status}"
+            message = response.text[:MAX_ERROR_CHARS]
         if status in (408, 429) or status >= 500:
-            raise _Retryable(f"HTTP {status}: {message}", _retry_after(response))
+            raise _Retryable(
+                f"the upstream model server failed (HTTP {status})",
+                _retry_after(response),
+                detail=f"HTTP {status}: {message}",
+            )
+        log.warning(
+            "the model server refused a request",
+            extra={"url": self.base_url, "status": status, "detail": message},
+        )
         if _CONTEXT_EXCEEDED.search(message):
-            raise ContextWindowExceeded(message, param="messages")
+            raise ContextWindowExceeded(_CONTEXT_MESSAGE, param="messages")
         if status in (401, 403):
-            raise ConfigError(f"The model server at {self.base_url} refused the key: {_FIX_KEY}.")
+            raise ConfigError(
+                f"The upstream model server refused the API key (HTTP {status}): {_FIX_KEY}."
+            )
         if status == 404:
             raise ConfigError(
-                f"The model server at {self.base_url} answered HTTP 404 ({message}): "
-                f"{_FIX_URL}, and AXON_ENGINE__OPENAI__REMOTE_MODEL to a model it serves."
+                f"The upstream model server answered HTTP 404: {_FIX_URL}, and "
+                "AXON_ENGINE__OPENAI__REMOTE_MODEL to a model it serves."
             )
-        raise InvalidRequest(f"The model server refused the request: {message}")
+        raise InvalidRequest(f"The upstream model server refused the request (HTTP {status}).")
 
     def _count_text(self, text: str) -> int:
         """Tokens of ``text`` as assistant content: the template's share cancels out."""
@@ -249,6 +281,7 @@ class OpenAIEngine(Engine):
 
 
 _EMPTY_REPLY = ChatMessage(role="assistant", content="")
+_CONTEXT_MESSAGE = "The prompt and the reply do not fit in the upstream model's context window."
 
 
 class _Reply:
@@ -292,8 +325,11 @@ class _Reply:
         if "error" in event:
             message = _message_of(event)
             if _CONTEXT_EXCEEDED.search(message):
-                raise ContextWindowExceeded(message, param="messages")
-            raise _Retryable(f"error event: {message}")
+                log.warning("the model server sent an error event", extra={"detail": message})
+                raise ContextWindowExceeded(_CONTEXT_MESSAGE, param="messages")
+            raise _Retryable(
+                "the upstream model server reported an error", detail=f"error event: {message}"
+            )
         if isinstance(event.get("usage"), dict):
             self.usage = event["usage"]
         out: list[Chunk] = []
@@ -358,7 +394,7 @@ def _finish_reason(reason: str) -> FinishReason:
     if reason == "length":
         return FinishReason.LENGTH
     if reason in ("abort", "error"):
-        raise _Retryable(f"the server ended the reply with finish_reason={reason}")
+        raise _Retryable(f"the upstream model server ended the reply early ({reason})")
     # "stop", and the other names servers use for it: "eos_token", "stop_sequence", ...
     return FinishReason.STOP
 
@@ -389,8 +425,25 @@ def _retry_after(response: httpx.Response) -> float:
         return 0.0
 
 
-def _describe(exc: BaseException) -> str:
+def _reason(exc: BaseException) -> str:
+    """Why a request failed, in words a client may see: no address, no server text."""
     if isinstance(exc, _Retryable):
         return str(exc)
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return "the upstream model server could not be reached"
+    if isinstance(exc, httpx.TimeoutException):
+        return "the upstream model server timed out"
+    return f"the connection to the upstream model server failed ({type(exc).__name__})"
+
+
+def _describe(exc: BaseException) -> str:
+    """Why a request failed, in detail, for the log."""
+    if isinstance(exc, _Retryable):
+        return f"{exc}: {exc.detail}" if exc.detail else str(exc)
     # httpx messages name the failure ("Connection refused"), never the request body.
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _without_credentials(url: httpx.URL) -> str:
+    """``url`` without user info or query (where API keys hide), for logs."""
+    return str(url.copy_with(userinfo=b"", query=None)).rstrip("/")

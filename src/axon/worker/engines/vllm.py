@@ -2,8 +2,10 @@
 
 vLLM batches every running request itself (continuous batching over a paged KV cache),
 so this adapter only renders prompts, maps sampling parameters, and turns vLLM's outputs
-into chunks. vLLM, torch and transformers are imported lazily: they live in their own
-environment (``scripts/setup-vllm.sh``), since vLLM pins many packages Axon also uses.
+into chunks. It hands vLLM token ids, never text, tokenized so that only the chat
+template produces control tokens (``axon.models.hf``). vLLM, torch and transformers are
+imported lazily: they live in their own environment (``scripts/setup-vllm.sh``), since
+vLLM pins many packages Axon also uses.
 
 vLLM starts its engine core in a child process with ``spawn``: the process creating the
 engine must not re-run its work when that child imports the main module. ``python -m
@@ -27,7 +29,7 @@ from typing import Any
 from axon.config import EngineSettings
 from axon.core.errors import ConfigError, EngineError, InvalidRequest
 from axon.core.types import ChatMessage, FinishReason, SamplingParams
-from axon.models.base import Tokenizer
+from axon.models.hf import HfChatTokenizer
 from axon.worker.engines.base import Chunk, Engine, reply_budget
 
 log = logging.getLogger(__name__)
@@ -61,35 +63,6 @@ def _load_hf_tokenizer(model_dir: Path) -> Any:
     except ImportError:  # vLLM before 0.12 kept it elsewhere; transformers loads the same
         transformers = importlib.import_module("transformers")
         return transformers.AutoTokenizer.from_pretrained(str(model_dir))
-
-
-class HfChatTokenizer(Tokenizer):
-    """Renders a conversation with the model's Hugging Face chat template and tokenizes it.
-
-    The engine sends vLLM these very token ids, so the count the front end fits against
-    the context window is exactly what vLLM decodes.
-    """
-
-    def __init__(self, hf_tokenizer: Any) -> None:
-        self.hf = hf_tokenizer
-
-    def render(self, messages: Sequence[ChatMessage]) -> str:
-        """The prompt text, ending with the header of the assistant's reply."""
-        conversation = [{"role": m.role, "content": m.content} for m in messages]
-        text = self.hf.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
-        return str(text)
-
-    def encode(self, messages: Sequence[ChatMessage], prefix: str = "") -> tuple[int, list[int]]:
-        """(prompt tokens, ids to decode): the rendered prompt, continued by ``prefix``."""
-        text = self.render(messages)
-        # The template writes the special tokens itself; adding BOS again would change
-        # the prompt the model was trained on.
-        prompt = len(self.hf.encode(text, add_special_tokens=False))
-        ids = list(self.hf.encode(text + prefix, add_special_tokens=False))
-        return prompt, ids
-
-    def count_prompt(self, messages: Sequence[ChatMessage]) -> int:
-        return len(self.hf.encode(self.render(messages), add_special_tokens=False))
 
 
 class VllmEngine(Engine):
