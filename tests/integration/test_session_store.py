@@ -22,20 +22,13 @@ from axon.sessions.migrate import upgrade
 from axon.sessions.sql import SqlSessionStore, make_engine
 from axon.sessions.store import AssistantReply
 from axon.sessions.tables import messages, sessions
+from support.services import POSTGRES_ADMIN, missing
 
 #: The tenant every test works in (isolation between tenants has its own tests).
 T = "tenant-1"
 
-#: Where the PostgreSQL server is (``AXON_TEST_POSTGRES_URL`` names another); each test
-#: run creates its own database on it and drops it at the end.
-POSTGRES_CANDIDATES = (
-    [os.environ["AXON_TEST_POSTGRES_URL"]]
-    if os.environ.get("AXON_TEST_POSTGRES_URL")
-    else [
-        "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres",
-        "postgresql+asyncpg://root@127.0.0.1:5432/postgres",
-    ]
-)
+#: Each test run creates its own database on the server and drops it at the end.
+POSTGRES_CANDIDATES = [POSTGRES_ADMIN]
 
 
 async def _admin(url: URL, statement: str) -> None:
@@ -69,10 +62,7 @@ def postgres_url() -> Iterator[str]:
             continue
         break
     else:
-        reason = "PostgreSQL is unreachable: " + "; ".join(errors)
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        missing("PostgreSQL is unreachable: " + "; ".join(errors))
     yield admin.set(database=name).render_as_string(hide_password=False)
     asyncio.run(_admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 

@@ -8,6 +8,7 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass
+from typing import NoReturn
 
 import pytest
 
@@ -18,15 +19,20 @@ REDIS_URL = os.environ.get("AXON_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 RABBITMQ_URL = os.environ.get("AXON_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
 
+def missing(reason: str) -> NoReturn:
+    """Something a test needs is not here: skip locally, but fail in CI (``CI`` set),
+    where every test must run."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI must run every test)")
+    pytest.skip(reason)
+
+
 def require_port(port: int, name: str) -> None:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=2):
             return
     except OSError:
-        message = f"{name} is not reachable on 127.0.0.1:{port}"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message} (CI must run every test; start it with scripts/services.sh)")
-        pytest.skip(message)
+        missing(f"{name} is not reachable on 127.0.0.1:{port}; start it with scripts/services.sh")
 
 
 @dataclass

@@ -3,7 +3,6 @@ exact per-message costs, work linear in the conversation, and text it cannot enc
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from axon.core.types import ChatMessage
 from axon.models.base import ModelInfo, Tokenizer
 from axon.models.gguf import GgufTokenizer, default_model_path
 from axon.sessions.prompt import fit_prompt
+from support.services import missing
 
 CONVERSATION = [
     ChatMessage(role="system", content="You answer in one word."),
@@ -37,9 +37,7 @@ def model_path() -> Path:
 
         return default_model_path()
     except (ImportError, ConfigError) as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"the bundled model cannot run here: {exc}")
+        missing(f"the bundled model cannot run here: {exc}")
 
 
 @pytest.fixture(scope="module")
