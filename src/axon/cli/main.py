@@ -90,7 +90,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     axon_logging.configure(
         service=f"{settings.service}-{args.command}",
-        level=settings.log.level,
+        # `axon keys` speaks to a person (and prints a key on its last line): only
+        # warnings may interleave with that.
+        level="WARNING" if args.command == "keys" else settings.log.level,
         json_format=settings.log.json_format,
     )
     try:

@@ -25,12 +25,9 @@ class LoadShedder:
         #: Replies this replica relays whose first token has not come: id -> (model, since).
         self._waiting: dict[str, tuple[str, float]] = {}
         self._depths: dict[str, tuple[float, int]] = {}
-        #: Jobs this replica published since it last read each model's depth: a burst
+        #: Requests this replica admitted since it last read each model's depth: a burst
         #: between two reads counts at once, not a second later.
         self._since_read: dict[str, int] = {}
-
-    def published(self, model: str) -> None:
-        self._since_read[model] = self._since_read.get(model, 0) + 1
 
     def waiting(self, request_id: str, model: str) -> None:
         self._waiting.setdefault(request_id, (model, time.monotonic()))
@@ -80,3 +77,7 @@ class LoadShedder:
                 f"the model {model!r} is overloaded: {depth} requests are waiting; retry later",
                 2.0,
             )
+        # Counted now, with no await since the check: concurrent requests of one burst
+        # see each other (a request that fails later still counts until the next read,
+        # which errs towards shedding).
+        self._since_read[model] = self._since_read.get(model, 0) + 1

@@ -16,8 +16,9 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from axon.config import Settings
 from axon.core.errors import (
@@ -417,7 +418,6 @@ class SessionManager:
                 )
             raise
         metrics.JOBS_PUBLISHED.labels(job.model).inc()
-        self._load.published(job.model)
 
     async def start_completion(
         self,
@@ -542,18 +542,24 @@ class SessionManager:
         finals: list[Final] = []
         cleaned = False
 
-        async def cleanup() -> None:
-            nonlocal cleaned
-            if cleaned:
-                return
-            cleaned = True
-            self._load.started(request_id)
+        async def release() -> None:
             await self._admission.close_stream(slot)
             if not finals and reservation is not None:
                 if session_id is None:
                     # Nobody else reads a stateless reply: stop spending engine steps on it.
                     await self._cancel_quietly(tenant, request_id)
                 self._settle_later(tenant, request_id, reservation)
+
+        async def cleanup() -> None:
+            nonlocal cleaned
+            if cleaned:
+                return
+            cleaned = True
+            self._load.started(request_id)
+            # Often called from a response whose client left: its task is being cancelled,
+            # and the server's cancel scope would cancel every await here again. The
+            # release runs as a task of its own, shielded, so it always completes.
+            await asyncio.shield(self._background(release()))
 
         async def events() -> AsyncIterator[Relayed]:
             self._load.waiting(request_id, model)
@@ -603,9 +609,14 @@ class SessionManager:
             except AxonError:
                 log.warning("could not settle an abandoned reply's tokens")
 
-        task = asyncio.get_running_loop().create_task(wait())
+        self._background(wait())
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``work`` to completion whatever happens to the caller (closed on shutdown)."""
+        task = asyncio.get_running_loop().create_task(work)
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
+        return task
 
     async def _entries(
         self, stream: str, after: str | None, measure: bool
