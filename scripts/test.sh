@@ -18,5 +18,7 @@ echo "== mypy --strict"
 mypy
 echo "== import contracts"
 lint-imports
+echo "== bandit (no high-severity finding in src/)"
+bandit -r src --severity-level high --quiet
 echo "== pytest"
 python3 -m pytest "$@"

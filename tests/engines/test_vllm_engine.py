@@ -25,6 +25,7 @@ from axon.core.errors import ConfigError
 from axon.models.convert import convert_gguf_to_hf
 from axon.models.convert import main as convert_main
 from axon.worker.engines.vllm import VllmEngine
+from support.services import missing
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("AXON_VLLM_VENV") or ROOT / ".venv-vllm")
@@ -53,10 +54,7 @@ def _run(args: list[str], timeout: float) -> None:
 def venv_python() -> Path:
     python = VENV / "bin" / "python"
     if not python.exists():
-        message = f"{VENV} is missing: run `bash scripts/setup-vllm.sh`"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(f"{VENV} is missing: run `bash scripts/setup-vllm.sh`")
     return python
 
 

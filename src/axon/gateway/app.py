@@ -16,6 +16,7 @@ from axon.auth.authenticator import Authenticator
 from axon.config import Settings
 from axon.core.errors import ConfigError
 from axon.gateway import errors
+from axon.gateway import openapi as openapi_document
 from axon.gateway.auth import Authenticate
 from axon.gateway.headers import SecurityHeaders
 from axon.gateway.middleware import BodyLimit, HostCheck, Metrics, is_loopback
@@ -60,6 +61,7 @@ def _base(
     )
     app.state.checks = checks
     errors.install(app)
+    openapi_document.install(app)
     return app
 
 

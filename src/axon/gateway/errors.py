@@ -13,8 +13,18 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
-from axon.core.errors import AxonError, InvalidRequest, NotFound, PayloadTooLarge, RequestTimeout
+from axon.core.errors import (
+    AxonError,
+    InvalidRequest,
+    NotFound,
+    Overloaded,
+    PayloadTooLarge,
+    RateLimited,
+    RequestTimeout,
+)
+from axon.core.types import Principal
 from axon.observability import metrics
 
 log = logging.getLogger(__name__)
@@ -73,10 +83,28 @@ def _http_error(exc: StarletteHTTPException) -> JSONResponse:
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
+def _allowed(request: Request) -> str:
+    """Every method some route serves at this path: the router stops at the first route
+    that matches the path, so its own ``Allow`` names that route's methods only."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches({**request.scope, "method": "__none__"})
+        if match is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(AxonError)
-    async def _axon(_: Request, exc: AxonError) -> JSONResponse:
-        if exc.status >= 500:
+    async def _axon(request: Request, exc: AxonError) -> JSONResponse:
+        if isinstance(exc, RateLimited | Overloaded | PayloadTooLarge):
+            # One line per refusal, with why and whose: the tenant, never the credential.
+            caller: Principal | None = getattr(request.state, "principal", None)
+            log.info(
+                "request refused",
+                extra={"reason": exc.code, "tenant": caller.tenant if caller else None},
+            )
+        elif exc.status >= 500:
             log.warning("request failed", extra={"code": exc.code})
         return error_response(exc)
 
@@ -86,8 +114,11 @@ def install(app: FastAPI) -> None:
         return error_response(InvalidRequest(message, param=param))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _http_error(exc)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        response = _http_error(exc)
+        if exc.status_code == 405:
+            response.headers["Allow"] = _allowed(request)
+        return response
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

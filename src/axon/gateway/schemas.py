@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from axon.core.types import ChatMessage, FinishReason, SamplingParams
 from axon.sessions.records import MessageRecord, MessageStatus, SessionRecord
@@ -24,13 +24,20 @@ class ErrorOut(BaseModel):
     error: ErrorDetail
 
 
+# Request bodies are validated strictly: a string where a number belongs (or ``false``
+# for a seed) is a 400, not silently converted: what the client meant is unknown.
+_STRICT = ConfigDict(strict=True)
+
+
 class TextPart(BaseModel):
+    model_config = _STRICT
+
     type: Literal["text"]
     text: str
 
 
 class ChatMessageIn(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart]
@@ -46,22 +53,23 @@ class ChatMessageIn(BaseModel):
         return ChatMessage(role=role, content=text)
 
 
+StopText = Annotated[str, Field(min_length=1)]
+
+
 class Sampling(BaseModel):
     """Sampling fields shared by both chat endpoints."""
 
-    max_tokens: int | None = Field(None, ge=1, description="Most tokens in the reply.")
+    model_config = _STRICT
+
+    max_tokens: int | None = Field(
+        None, ge=1, le=2**31 - 1, description="Most tokens in the reply."
+    )
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    stop: str | list[str] | None = Field(None, description="Up to 4 stop sequences.")
-    seed: int | None = None
-
-    @field_validator("stop")
-    @classmethod
-    def _stop(cls, value: str | list[str] | None) -> str | list[str] | None:
-        stops = [value] if isinstance(value, str) else value or []
-        if len(stops) > 4 or any(not s for s in stops):
-            raise ValueError("stop takes at most 4 non-empty strings")
-        return value
+    stop: StopText | Annotated[list[StopText], Field(max_length=4)] | None = Field(
+        None, description="Up to 4 stop sequences."
+    )
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
 
     def sampling(self) -> SamplingParams:
         stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
@@ -76,23 +84,25 @@ class Sampling(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    include_usage: bool = False
+    model_config = _STRICT
+
+    include_usage: StrictBool = False
 
 
 class ChatCompletionRequest(Sampling):
     # Clients send many optional OpenAI fields; ignoring unknown ones keeps them working.
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: str | None = None
     messages: list[ChatMessageIn] = Field(min_length=1)
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=2**31 - 1)
     n: int = Field(1, ge=1, le=1, description="Only one choice is supported.")
 
 
 class SessionCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     title: str | None = Field(None, max_length=200)
     model: str | None = None
@@ -100,10 +110,10 @@ class SessionCreate(BaseModel):
 
 
 class MessageCreate(Sampling):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     content: str = Field(min_length=1)
-    stream: bool = True
+    stream: StrictBool = True
 
 
 class UsageOut(BaseModel):

@@ -3,27 +3,27 @@ platform can automate what ``axon keys`` does. The middleware has checked the ad
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from axon.auth.keys import KeyStore
-from axon.gateway.schemas import ErrorOut
 from axon.gateway.services import Services
 
 router = APIRouter(prefix="/admin/v1/keys", tags=["admin"])
-_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (400, 401, 404)}
+
+
+#: Limits are stored as 32-bit integers.
+_INT32 = 2**31 - 1
 
 
 class KeyCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    tenant: str = Field(min_length=1, max_length=64)
-    requests_per_minute: int | None = Field(None, ge=0)
-    tokens_per_minute: int | None = Field(None, ge=0)
-    max_streams: int | None = Field(None, ge=0)
-    expires_in_days: float | None = Field(None, gt=0)
+    tenant: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    requests_per_minute: int | None = Field(None, ge=0, le=_INT32)
+    tokens_per_minute: int | None = Field(None, ge=0, le=_INT32)
+    max_streams: int | None = Field(None, ge=0, le=_INT32)
+    expires_in_days: float | None = Field(None, gt=0, le=36_500)
 
 
 class KeyOut(BaseModel):
@@ -55,7 +55,7 @@ def _keys(request: Request) -> KeyStore:
     return services.keys
 
 
-@router.post("", status_code=201, response_model=KeyCreated, responses=_ERRORS)
+@router.post("", status_code=201, response_model=KeyCreated)
 async def create_key(body: KeyCreate, request: Request) -> KeyCreated:
     record, key = await _keys(request).create(
         body.tenant,
@@ -67,13 +67,13 @@ async def create_key(body: KeyCreate, request: Request) -> KeyCreated:
     return KeyCreated.model_validate({**record.public(), "key": key})
 
 
-@router.get("", response_model=KeyList, responses=_ERRORS)
+@router.get("", response_model=KeyList)
 async def list_keys(request: Request, tenant: str | None = Query(None, max_length=64)) -> KeyList:
     records = await _keys(request).list(tenant)
     return KeyList(data=[KeyOut.model_validate(r.public()) for r in records])
 
 
-@router.delete("/{key_id}", response_model=KeyOut, responses=_ERRORS)
+@router.delete("/{key_id}", response_model=KeyOut)
 async def revoke_key(key_id: str, request: Request) -> KeyOut:
     record = await _keys(request).revoke(key_id)
     return KeyOut.model_validate(record.public())

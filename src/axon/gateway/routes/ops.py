@@ -28,7 +28,11 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", tags=["ops"])
+@router.get(
+    "/readyz",
+    tags=["ops"],
+    responses={503: {"description": "Not ready: the failing checks are named in the body."}},
+)
 async def readyz(request: Request) -> JSONResponse:
     """Readiness: every dependency this process needs answers (model loaded, store...)."""
     checks: dict[str, Check] = request.app.state.checks
@@ -46,7 +50,12 @@ async def readyz(request: Request) -> JSONResponse:
     )
 
 
-@router.get("/metrics", tags=["ops"])
+@router.get(
+    "/metrics",
+    tags=["ops"],
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
+)
 async def prometheus() -> Response:
     body, content_type = metrics.render()
     return Response(body, media_type=content_type)

@@ -15,7 +15,6 @@ from axon.gateway import sse
 from axon.gateway.auth import principal
 from axon.gateway.errors import error_body
 from axon.gateway.schemas import (
-    ErrorOut,
     MessageCreate,
     MessageOut,
     SessionCreate,
@@ -32,10 +31,9 @@ from axon.sessions.manager import Final, Relay, SessionManager
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 Caller = Annotated[Principal, Depends(principal)]
 
+#: An SSE event id as this API writes them (``<milliseconds>-<sequence>``).
+EVENT_ID = r"^([0-9]{1,15}-[0-9]{1,10})?$"
 _SSE: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-stream": {}}}}
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorOut} for code in (400, 401, 404, 413, 429, 503)
-}
 
 
 def _manager(request: Request) -> SessionManager:
@@ -60,7 +58,7 @@ def _stream(relay: Relay, head: bytes = b"") -> StreamingResponse:
     )
 
 
-@router.post("", status_code=201, response_model=SessionOut, responses=_ERRORS)
+@router.post("", status_code=201, response_model=SessionOut)
 async def create_session(body: SessionCreate, request: Request, caller: Caller) -> SessionOut:
     record = await _manager(request).create_session(
         caller, title=body.title, model=body.model, system_prompt=body.system_prompt
@@ -68,7 +66,7 @@ async def create_session(body: SessionCreate, request: Request, caller: Caller) 
     return SessionOut.of(record)
 
 
-@router.get("", response_model=SessionList, responses=_ERRORS)
+@router.get("", response_model=SessionList)
 async def list_sessions(
     request: Request,
     caller: Caller,
@@ -85,7 +83,7 @@ async def list_sessions(
     )
 
 
-@router.get("/{session_id}", response_model=SessionWithMessages, responses=_ERRORS)
+@router.get("/{session_id}", response_model=SessionWithMessages)
 async def get_session(session_id: str, request: Request, caller: Caller) -> SessionWithMessages:
     session, messages = await _manager(request).get_session(caller, session_id)
     return SessionWithMessages(
@@ -93,7 +91,7 @@ async def get_session(session_id: str, request: Request, caller: Caller) -> Sess
     )
 
 
-@router.delete("/{session_id}", response_model=SessionDeleted, responses=_ERRORS)
+@router.delete("/{session_id}", response_model=SessionDeleted)
 async def delete_session(session_id: str, request: Request, caller: Caller) -> SessionDeleted:
     await _manager(request).delete_session(caller, session_id)
     return SessionDeleted(id=session_id)
@@ -101,7 +99,7 @@ async def delete_session(session_id: str, request: Request, caller: Caller) -> S
 
 @router.post(
     "/{session_id}/messages",
-    responses={**_ERRORS, **_SSE, 200: {"model": TurnOut}},
+    responses={200: {"model": TurnOut, "content": {"text/event-stream": {}}}},
 )
 async def send_message(
     session_id: str,
@@ -143,23 +141,22 @@ async def send_message(
     return JSONResponse(out.model_dump(mode="json"), headers=dict(turn.headers))
 
 
-@router.get("/{session_id}/messages/{message_id}/stream", responses={**_ERRORS, **_SSE})
+@router.get("/{session_id}/messages/{message_id}/stream", responses=_SSE)
 async def reattach(
     session_id: str,
     message_id: str,
     request: Request,
     caller: Caller,
-    last_event_id: str | None = Header(None, max_length=64),
-    after: str | None = Query(
-        None, max_length=64, description="Same as the `Last-Event-ID` header."
-    ),
+    # Empty rather than null when absent: a header has no null, and the document says so.
+    last_event_id: str = Header("", pattern=EVENT_ID),
+    after: str = Query("", pattern=EVENT_ID, description="Same as the `Last-Event-ID` header."),
 ) -> StreamingResponse:
     """Re-attach to a reply in progress, or replay a finished one, after an event id."""
     relay = await _manager(request).reattach(caller, session_id, message_id, last_event_id or after)
     return _stream(relay)
 
 
-@router.post("/{session_id}/messages/{message_id}/cancel", status_code=202, responses=_ERRORS)
+@router.post("/{session_id}/messages/{message_id}/cancel", status_code=202)
 async def cancel(
     session_id: str, message_id: str, request: Request, caller: Caller
 ) -> dict[str, bool]:
