@@ -480,3 +480,24 @@ def test_axon_db_upgrade_can_run_twice(db_url: str, tmp_path: Path) -> None:
             await engine.dispose()
 
     assert {"axon_sessions", "axon_messages", "axon_alembic_version"} <= asyncio.run(tables())
+
+
+async def test_a_failed_statement_never_carries_message_text(store: SqlSessionStore) -> None:
+    secret = "my private message text"
+    # A message for a session that does not exist breaks the foreign key.
+    with pytest.raises(sa.exc.IntegrityError) as failure:
+        async with store.engine.begin() as conn:
+            await conn.execute(
+                messages.insert().values(
+                    id="msg_x",
+                    session_id="sess_missing",
+                    tenant=T,
+                    role="user",
+                    content=secret,
+                    status="complete",
+                    created_at=sa.func.current_timestamp(),
+                )
+            )
+    # Errors end up in logs: they name the statement, never its parameters.
+    assert secret not in str(failure.value)
+    assert secret not in repr(failure.value)
