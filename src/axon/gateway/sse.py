@@ -17,7 +17,7 @@ from typing import Any
 from axon.core.errors import AxonError, from_code
 from axon.core.types import EventKind, StreamEvent
 from axon.gateway.errors import error_frame
-from axon.sessions.manager import Final, Relay
+from axon.sessions.relay import Final, Relay
 
 log = logging.getLogger(__name__)
 

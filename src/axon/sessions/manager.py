@@ -16,9 +16,8 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from axon.config import Settings
 from axon.core.errors import (
@@ -27,7 +26,6 @@ from axon.core.errors import (
     ModelNotFound,
     NotFound,
     PayloadTooLarge,
-    Timeout,
 )
 from axon.core.ids import new_id
 from axon.core.types import (
@@ -51,15 +49,14 @@ from axon.sessions.cache import SessionCache
 from axon.sessions.load import LoadShedder
 from axon.sessions.prompt import fit_prompt, reply_budget
 from axon.sessions.records import MessageRecord, MessageStatus, SessionRecord
+from axon.sessions.relay import Final, Relay, Relayed, Relays, nothing
 from axon.sessions.store import AssistantReply, SessionStore
-from axon.streaming.base import Entry, TokenStreams, parse_id
+from axon.streaming.base import TokenStreams, parse_id
 
 log = logging.getLogger(__name__)
 
 #: Consumer group of the completion log shared by every session-manager replica.
 COMPLETION_GROUP = "session-managers"
-#: Longest a relay waits for the next entry before sending a keep-alive.
-HEARTBEAT_S = 10.0
 #: How far ahead of this replica's clock a ``Last-Event-ID`` may point (clock skew).
 _FUTURE_ID_SLACK_MS = 60_000
 #: A readiness check: returns normally when ready, raises when not.
@@ -77,49 +74,6 @@ class Turn:
     created: bool
     #: ``x-ratelimit-*`` headers of the admission.
     headers: Mapping[str, str]
-
-
-@dataclass(frozen=True, slots=True)
-class Final:
-    """The last event of a reply, with the stored assistant message for session turns."""
-
-    event_id: str | None
-    event: StreamEvent
-    message: MessageRecord | None
-
-
-#: What a relay yields: a token entry, the final event, or None for a keep-alive.
-Relayed = Entry | Final | None
-
-
-class Relay:
-    """An admitted request's stream. Holds the caller's open-stream slot (and, for a new
-    request, its token reservation) until iteration ends or ``aclose`` is called; a relay
-    abandoned before its final event cancels a stateless reply and settles the tokens
-    once the reply ends."""
-
-    def __init__(
-        self,
-        request_id: str,
-        model: str,
-        events: AsyncIterator[Relayed],
-        headers: Mapping[str, str],
-        cleanup: Callable[[], Awaitable[None]],
-    ) -> None:
-        self.request_id = request_id
-        self.model = model
-        self.headers = headers
-        self._events = events
-        self._cleanup = cleanup
-
-    def __aiter__(self) -> AsyncIterator[Relayed]:
-        return self._events
-
-    async def aclose(self) -> None:
-        aclose = getattr(self._events, "aclose", None)
-        if aclose is not None:
-            await aclose()
-        await self._cleanup()
 
 
 async def _nothing() -> None:
@@ -157,7 +111,13 @@ class SessionManager:
         self.models = dict(models)
         self.default_model = next(iter(self.models))
         self._consumer_name = f"{socket.gethostname()}-{new_id('sm')}"
-        self._settling: set[asyncio.Task[None]] = set()
+        self._relays = Relays(
+            streams=streams,
+            admission=admission,
+            load=load,
+            store_reply=self._store_reply,
+            timeout_s=settings.server.request_timeout_s,
+        )
 
     def checks(self) -> dict[str, Check]:
         """Readiness checks of everything a turn needs."""
@@ -312,6 +272,19 @@ class SessionManager:
     async def _open(self, principal: Principal, holder: str) -> StreamSlot:
         return await self._admission.open_stream(principal, holder)
 
+    async def _admit(
+        self, principal: Principal, tokens: int, request_id: str
+    ) -> tuple[StreamSlot, Reservation]:
+        """Take a stream slot, then count the request and reserve its tokens; a request
+        refused by either spends nothing on the other."""
+        slot = await self._open(principal, request_id)
+        try:
+            reservation = await self._admission.admit(principal, tokens)
+        except BaseException:
+            await self._admission.close_stream(slot)
+            raise
+        return slot, reservation
+
     # -- turns ------------------------------------------------------------------------
 
     async def start_turn(
@@ -353,8 +326,7 @@ class SessionManager:
         )
         await self._load.check_depth(self._queue, info.name)
         reply_id = new_id("msg")
-        reservation = await self._admission.admit(principal, used + budget)
-        slot = await self._open(principal, reply_id)
+        slot, reservation = await self._admit(principal, used + budget, reply_id)
         try:
             request_id_var.set(reply_id)
             user_message, created = await self._store.add_user_message(
@@ -369,16 +341,17 @@ class SessionManager:
                 await self._admission.settle(reservation, 0)
                 earlier_id = user_message.reply_id or reply_id
                 turn = Turn(session, user_message, earlier_id, False, reservation.headers)
-                relay = self._relay(principal, session_id, earlier_id, info.name, None, slot)
+                relay = self._relays.open(principal, session_id, earlier_id, info.name, None, slot)
                 return turn, relay
             await self._cache.append(self._cache_key(tenant, session_id), user_message)
             job = self._job(principal, reply_id, info.name, prompt, params, session_id)
             await self._publish(job, reservation)
         except BaseException:
+            await self._admission.settle(reservation, 0)
             await self._admission.close_stream(slot)
             raise
         turn = Turn(session, user_message, reply_id, True, reservation.headers)
-        relay = self._relay(
+        relay = self._relays.open(
             principal, session_id, reply_id, info.name, None, slot, reservation=reservation
         )
         return turn, relay
@@ -387,12 +360,12 @@ class SessionManager:
         self, principal: Principal, session: SessionRecord, key: str
     ) -> tuple[Turn, Relay] | None:
         """The turn an ``Idempotency-Key`` already started, if any: a retry returns it
-        without queueing, storing or charging anything again."""
+        (its reply as it streams, or as stored) without queueing, storing or charging
+        anything again."""
         earlier = await self._store.find_by_idempotency_key(principal.tenant, session.id, key)
         if earlier is None or earlier.reply_id is None:
             return None
-        slot = await self._open(principal, new_id("attach"))
-        relay = self._relay(principal, session.id, earlier.reply_id, session.model, None, slot)
+        relay = await self.reattach(principal, session.id, earlier.reply_id, None)
         return Turn(session, earlier, earlier.reply_id, False, {}), relay
 
     async def _publish(self, job: Job, reservation: Reservation) -> None:
@@ -439,16 +412,16 @@ class SessionManager:
         await self._load.check_depth(self._queue, info.name)
         request_id = new_id("chatcmpl")
         request_id_var.set(request_id)
-        reservation = await self._admission.admit(principal, used + budget)
-        slot = await self._open(principal, request_id)
+        slot, reservation = await self._admit(principal, used + budget, request_id)
         try:
             await self._publish(
                 self._job(principal, request_id, info.name, prompt, params, None), reservation
             )
         except BaseException:
+            await self._admission.settle(reservation, 0)
             await self._admission.close_stream(slot)
             raise
-        return self._relay(
+        return self._relays.open(
             principal,
             None,
             request_id,
@@ -473,9 +446,9 @@ class SessionManager:
         stream = stream_name(tenant, reply_id)
         if stored is not None and not await self._streams.read(stream):
             # Finished long ago: the stream expired, the store still has the whole reply.
-            return Relay(reply_id, session.model, self._replay(stored), {}, _nothing)
+            return Relay(reply_id, session.model, self._replay(stored), {}, nothing)
         slot = await self._open(principal, new_id("attach"))
-        return self._relay(principal, session_id, reply_id, session.model, after, slot)
+        return self._relays.open(principal, session_id, reply_id, session.model, after, slot)
 
     def _check_position(self, position: str) -> None:
         try:
@@ -525,123 +498,6 @@ class SessionManager:
 
     async def _cancel(self, tenant: str, request_id: str) -> None:
         await self._streams.cancel(stream_name(tenant, request_id))
-
-    def _relay(
-        self,
-        principal: Principal,
-        session_id: str | None,
-        request_id: str,
-        model: str,
-        after: str | None,
-        slot: StreamSlot,
-        *,
-        reservation: Reservation | None = None,
-        measure: bool = False,
-    ) -> Relay:
-        tenant = principal.tenant
-        finals: list[Final] = []
-        cleaned = False
-
-        async def release() -> None:
-            await self._admission.close_stream(slot)
-            if not finals and reservation is not None:
-                if session_id is None:
-                    # Nobody else reads a stateless reply: stop spending engine steps on it.
-                    await self._cancel_quietly(tenant, request_id)
-                self._settle_later(tenant, request_id, reservation)
-
-        async def cleanup() -> None:
-            nonlocal cleaned
-            if cleaned:
-                return
-            cleaned = True
-            self._load.started(request_id)
-            # Often called from a response whose client left: its task is being cancelled,
-            # and the server's cancel scope would cancel every await here again. The
-            # release runs as a task of its own, shielded, so it always completes.
-            await asyncio.shield(self._background(release()))
-
-        async def events() -> AsyncIterator[Relayed]:
-            self._load.waiting(request_id, model)
-            try:
-                async for item in self._entries(stream_name(tenant, request_id), after, measure):
-                    if item is None or not item[1].final:
-                        if item is not None:
-                            self._load.started(request_id)
-                        yield item
-                        continue
-                    message = None
-                    if session_id is not None:
-                        message = await self._store_reply(
-                            tenant, session_id, request_id, model, item[1]
-                        )
-                    finals.append(Final(item[0], item[1], message))
-                    if reservation is not None:
-                        await self._settle(reservation, item[1])
-                    yield finals[0]
-                    return
-            finally:
-                await cleanup()
-
-        headers = reservation.headers if reservation is not None else {}
-        return Relay(request_id, model, events(), headers, cleanup)
-
-    async def _cancel_quietly(self, tenant: str, request_id: str) -> None:
-        try:
-            await self._cancel(tenant, request_id)
-        except AxonError:
-            log.warning("could not cancel an abandoned reply")
-
-    async def _settle(self, reservation: Reservation, event: StreamEvent) -> None:
-        usage = event.usage or Usage()
-        await self._admission.settle(reservation, usage.total_tokens)
-
-    def _settle_later(self, tenant: str, request_id: str, reservation: Reservation) -> None:
-        """The client left before the reply ended: wait for the final event in the
-        background and settle the reservation with what the reply really used."""
-
-        async def wait() -> None:
-            try:
-                async for item in self._entries(stream_name(tenant, request_id), None, False):
-                    if item is not None and item[1].final:
-                        await self._settle(reservation, item[1])
-                        return
-            except AxonError:
-                log.warning("could not settle an abandoned reply's tokens")
-
-        self._background(wait())
-
-    def _background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        """Run ``work`` to completion whatever happens to the caller (closed on shutdown)."""
-        task = asyncio.get_running_loop().create_task(work)
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
-        return task
-
-    async def _entries(
-        self, stream: str, after: str | None, measure: bool
-    ) -> AsyncIterator[Entry | None]:
-        """Read a stream from after ``after`` to its final event. Yields None as a
-        keep-alive when nothing arrived for a while. With ``measure``, the time to the
-        first token (from this call) is recorded."""
-        started = time.monotonic()
-        deadline = started + self._settings.server.request_timeout_s
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise Timeout("the reply did not finish in time")
-            entries = await self._streams.read(stream, after, timeout_s=min(HEARTBEAT_S, remaining))
-            if not entries:
-                yield None
-                continue
-            if measure:
-                metrics.TURN_FIRST_TOKEN.observe(time.monotonic() - started)
-                measure = False
-            for entry in entries:
-                yield entry
-                if entry[1].final:
-                    return
-            after = entries[-1][0]
 
     async def _store_reply(
         self, tenant: str, session_id: str, reply_id: str, model: str, event: StreamEvent
@@ -706,7 +562,4 @@ class SessionManager:
                 await asyncio.sleep(1.0)
 
     async def close(self) -> None:
-        """Stop background settlements (their reservations then expire with the window)."""
-        for task in list(self._settling):
-            task.cancel()
-        await asyncio.gather(*self._settling, return_exceptions=True)
+        await self._relays.close()

@@ -14,7 +14,8 @@ from axon.gateway.auth import principal
 from axon.gateway.errors import error_body
 from axon.gateway.schemas import ChatCompletionRequest, ModelList, ModelOut
 from axon.gateway.services import Services
-from axon.sessions.manager import Final, SessionManager
+from axon.sessions.manager import SessionManager
+from axon.sessions.relay import Final
 
 router = APIRouter(tags=["openai"])
 Caller = Annotated[Principal, Depends(principal)]

@@ -26,7 +26,8 @@ from axon.gateway.schemas import (
     UsageOut,
 )
 from axon.gateway.services import Services
-from axon.sessions.manager import Final, Relay, SessionManager
+from axon.sessions.manager import SessionManager
+from axon.sessions.relay import Final, Relay
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 Caller = Annotated[Principal, Depends(principal)]
@@ -152,7 +153,9 @@ async def reattach(
     after: str = Query("", pattern=EVENT_ID, description="Same as the `Last-Event-ID` header."),
 ) -> StreamingResponse:
     """Re-attach to a reply in progress, or replay a finished one, after an event id."""
-    relay = await _manager(request).reattach(caller, session_id, message_id, last_event_id or after)
+    relay = await _manager(request).reattach(
+        caller, session_id, message_id, last_event_id or after or None
+    )
     return _stream(relay)
 
 
