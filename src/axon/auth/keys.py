@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from axon.auth.base import AuthFailure
 from axon.core.errors import InvalidRequest, NotFound
 from axon.core.ids import new_id
-from axon.sessions.sql import transaction
+from axon.sessions.sql import aware, transaction
 from axon.sessions.tables import api_keys
 
 KEY_PREFIX = "axon_"
@@ -90,17 +90,12 @@ class KeyRecord:
         }
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    # SQLite returns naive datetimes even for timezone-aware columns.
-    if value is None or value.tzinfo:
-        return value
-    return value.replace(tzinfo=UTC)
+def _maybe(value: datetime | None) -> datetime | None:
+    return None if value is None else aware(value)
 
 
 def _record(row: sa.Row[object]) -> KeyRecord:
     m = row._mapping
-    created = _aware(m["created_at"])
-    assert created is not None
     return KeyRecord(
         id=m["id"],
         tenant=m["tenant"],
@@ -108,10 +103,10 @@ def _record(row: sa.Row[object]) -> KeyRecord:
         requests_per_minute=m["requests_per_minute"],
         tokens_per_minute=m["tokens_per_minute"],
         max_streams=m["max_streams"],
-        created_at=created,
-        last_used_at=_aware(m["last_used_at"]),
-        expires_at=_aware(m["expires_at"]),
-        revoked_at=_aware(m["revoked_at"]),
+        created_at=aware(m["created_at"]),
+        last_used_at=_maybe(m["last_used_at"]),
+        expires_at=_maybe(m["expires_at"]),
+        revoked_at=_maybe(m["revoked_at"]),
     )
 
 

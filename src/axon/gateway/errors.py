@@ -1,11 +1,11 @@
 """The one way an error reaches a client: an OpenAI-style JSON body with the error's status
-and headers (a route's answer, a middleware's refusal), or an SSE ``error`` frame once a
-stream has begun. Never a stack trace: unexpected errors are logged and answered with a
-generic 500. Every answered error is counted once, by its stable code."""
+and headers (a route's answer, a middleware's refusal), or, built from the same body by
+``sse.error_frame``, an SSE ``error`` event once a stream has begun. Never a stack trace:
+unexpected errors are logged and answered with a generic 500. Every answered error is
+counted once, by its stable code."""
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -39,19 +39,6 @@ def error_body(error: AxonError) -> dict[str, Any]:
 def error_response(error: AxonError) -> JSONResponse:
     """A JSON response for ``error``; also an ASGI app, so middleware answers with it too."""
     return JSONResponse(error_body(error), status_code=error.status, headers=error.headers)
-
-
-def error_frame(error: AxonError, *, event: str | None = "error", id: str | None = None) -> bytes:
-    """``error`` as an SSE frame, for a stream whose headers are already sent."""
-    if error.status >= 500:
-        log.warning("stream failed", extra={"code": error.code})
-    parts = []
-    if event:
-        parts.append(f"event: {event}\n")
-    if id:
-        parts.append(f"id: {id}\n")
-    parts.append(f"data: {json.dumps(error_body(error), separators=(',', ':'))}\n\n")
-    return "".join(parts).encode()
 
 
 def _describe(exc: RequestValidationError) -> tuple[str, str | None]:

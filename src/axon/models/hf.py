@@ -6,13 +6,12 @@ vLLM: they live in their own environment (``scripts/setup-vllm.sh``).
 
 from __future__ import annotations
 
-import re
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from axon.core.errors import ConfigError, InvalidRequest
 from axon.core.types import ChatMessage
+from axon.models import template
 from axon.models.base import TextTokenizer, encode_utf8
 
 
@@ -85,36 +84,13 @@ class HfChatTokenizer(TextTokenizer):
 
     def encode_prompt(self, messages: Sequence[ChatMessage]) -> list[int]:
         """Token ids of the rendered prompt in which only the template can produce control
-        tokens.
-
-        The template is rendered with a numbered placeholder for each message's text; the
-        template's own pieces are tokenized with control tokens parsed, the texts without.
-        Each piece is tokenized on its own, so a message costs the same wherever it stands
-        (which ``count_message`` relies on), and the rendering is split in one pass: with
-        thousands of messages, searching it once per message would be quadratic.
-        """
-        tag = uuid.uuid4().hex
-        rendered = self.render_prompt(
-            [
-                ChatMessage(role=m.role, content=f"\x00axon-{tag}-{i}\x00")
-                for i, m in enumerate(messages)
-            ]
+        tokens (see ``axon.models.template``)."""
+        return template.encode_prompt(
+            messages,
+            self.render_prompt,
+            lambda piece, _first: self.tokenize_template(piece),
+            self.tokenize_text,
         )
-        # Template pieces at even positions, placeholder numbers at odd ones.
-        parts = re.split(f"\x00axon-{tag}-([0-9]+)\x00", rendered)
-        if parts[1::2] != [str(i) for i in range(len(messages))]:
-            # A template that drops, repeats or reorders message text, or transforms it:
-            # placeholders cannot stand in for it (the GGUF tokenizer does the same).
-            return self.tokenize_template(self.render_prompt(messages))
-        # The template's few distinct pieces, and short texts sent many times over, are
-        # tokenized once each: every call costs some 30 µs however short its text.
-        pieces: dict[str, list[int]] = {}
-        texts: dict[str, list[int]] = {}
-        tokens: list[int] = []
-        for piece, message in zip(parts[:-1:2], messages, strict=True):
-            tokens += _once(piece, pieces, self.tokenize_template)
-            tokens += _once(message.content, texts, self.tokenize_text)
-        return tokens + _once(parts[-1], pieces, self.tokenize_template)
 
     def encode(self, messages: Sequence[ChatMessage], prefix: str = "") -> tuple[int, list[int]]:
         """(prompt tokens, ids to decode): the prompt, continued by ``prefix``, the
@@ -126,11 +102,3 @@ class HfChatTokenizer(TextTokenizer):
 
     def count_prompt(self, messages: Sequence[ChatMessage]) -> int:
         return len(self.encode_prompt(messages))
-
-
-def _once(text: str, seen: dict[str, list[int]], tokenize: Callable[[str], list[int]]) -> list[int]:
-    """``tokenize(text)``, remembered in ``seen``."""
-    tokens = seen.get(text)
-    if tokens is None:
-        tokens = seen[text] = tokenize(text)
-    return tokens

@@ -65,6 +65,18 @@ class Relay:
     def __aiter__(self) -> AsyncIterator[Relayed]:
         return self._events
 
+    async def final(self) -> Final:
+        """Read to the final event (a caller that wants the whole reply, not a stream)."""
+        final: Final | None = None
+        try:
+            async for item in self:
+                if isinstance(item, Final):
+                    final = item
+        finally:
+            await self.aclose()
+        assert final is not None  # a relay ends only after its final event, or raises
+        return final
+
     async def aclose(self) -> None:
         aclose = getattr(self._events, "aclose", None)
         if aclose is not None:

@@ -65,8 +65,9 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _aware(value: datetime) -> datetime:
-    # SQLite returns naive datetimes even for timezone-aware columns.
+def aware(value: datetime) -> datetime:
+    """``value`` with its time zone: SQLite returns naive datetimes even for
+    timezone-aware columns."""
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
@@ -78,15 +79,15 @@ def _session(row: sa.Row[Any]) -> SessionRecord:
         title=m["title"],
         model=m["model"],
         system_prompt=m["system_prompt"],
-        created_at=_aware(m["created_at"]),
-        updated_at=_aware(m["updated_at"]),
+        created_at=aware(m["created_at"]),
+        updated_at=aware(m["updated_at"]),
     )
 
 
 def _message(row: sa.Row[Any]) -> MessageRecord:
     m = dict(row._mapping)
     m["seq"] = m.pop("pos")
-    m["created_at"] = _aware(m["created_at"])
+    m["created_at"] = aware(m["created_at"])
     return MessageRecord.model_validate(m)
 
 
@@ -231,9 +232,7 @@ class SqlSessionStore(SessionStore):
             messages.c.tenant == tenant,
             messages.c.idempotency_key == key,
         )
-        async with self._tx() as conn:
-            row = (await conn.execute(query)).first()
-        return None if row is None else _message(row)
+        return await self._first_message(query)
 
     async def add_assistant_message(self, reply: AssistantReply) -> MessageRecord | None:
         now = _now()
@@ -292,9 +291,7 @@ class SqlSessionStore(SessionStore):
             messages.c.tenant == tenant,
             messages.c.id == message_id,
         )
-        async with self._tx() as conn:
-            row = (await conn.execute(query)).first()
-        return None if row is None else _message(row)
+        return await self._first_message(query)
 
     async def find_turn(self, tenant: str, session_id: str, reply_id: str) -> MessageRecord | None:
         query = sa.select(messages).where(
@@ -302,6 +299,9 @@ class SqlSessionStore(SessionStore):
             messages.c.tenant == tenant,
             messages.c.reply_id == reply_id,
         )
+        return await self._first_message(query)
+
+    async def _first_message(self, query: sa.Select[Any]) -> MessageRecord | None:
         async with self._tx() as conn:
             row = (await conn.execute(query)).first()
         return None if row is None else _message(row)

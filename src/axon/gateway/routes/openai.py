@@ -15,7 +15,6 @@ from axon.gateway.errors import error_body
 from axon.gateway.schemas import ChatCompletionRequest, ModelList, ModelOut
 from axon.gateway.services import Services
 from axon.sessions.manager import SessionManager
-from axon.sessions.relay import Final
 
 router = APIRouter(tags=["openai"])
 Caller = Annotated[Principal, Depends(principal)]
@@ -60,14 +59,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, caller
             media_type="text/event-stream",
             headers={**sse.HEADERS, **relay.headers},
         )
-    final: Final | None = None
-    try:
-        async for item in relay:
-            if isinstance(item, Final):
-                final = item
-    finally:
-        await relay.aclose()
-    assert final is not None  # a relay ends only after the final event (or raises)
+    final = await relay.final()
     if final.event.kind is not EventKind.DONE:
         error = sse.error_of(final.event)
         return JSONResponse(error_body(error), status_code=error.status, headers=relay.headers)

@@ -122,14 +122,7 @@ async def send_message(
             event="turn",
         )
         return _stream(relay, head)
-    final: Final | None = None
-    try:
-        async for item in relay:
-            if isinstance(item, Final):
-                final = item
-    finally:
-        await relay.aclose()
-    assert final is not None  # a relay ends only after the final event (or raises)
+    final = await relay.final()
     if final.event.kind is EventKind.ERROR or final.message is None:
         error: AxonError = sse.error_of(final.event)
         return JSONResponse(error_body(error), status_code=error.status)
