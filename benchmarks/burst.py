@@ -105,6 +105,16 @@ def stack_processes(up_pid: int) -> dict[str, int]:
     return found
 
 
+def cpu_s(pid: int) -> float:
+    """CPU time (user plus system) ``pid`` has used, in seconds."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def nofile(pid: int) -> tuple[int, int]:
     soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
     return soft, hard
@@ -271,6 +281,7 @@ class BurstResult:
     outcomes: list[Outcome] = field(default_factory=list)
     unfinished: int = 0
     wall_s: float = 0.0
+    client_lag_s: float = 0.0
     readyz_during: Counter[str] = field(default_factory=Counter)
     ready_after_s: float | None = None
     chat_after_s: float | None = None
@@ -279,6 +290,8 @@ class BurstResult:
     fds_peak: dict[str, Counter[str]] = field(default_factory=dict)
     fds_after: dict[str, Counter[str]] = field(default_factory=dict)
     logs: dict[str, tuple[int, int, Counter[str]]] = field(default_factory=dict)
+    #: CPU seconds each server process used during the burst, then during the recovery.
+    cpu: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def row(self, statuses: list[str]) -> dict[str, object]:
         by_status = Counter(str(o.status) for o in self.outcomes)
@@ -292,7 +305,11 @@ class BurstResult:
         def secs(value: float | None) -> object:
             return round(value, 1) if value is not None else f">{RECOVERY_LIMIT_S:g}"
 
-        row: dict[str, object] = {"burst": self.size, "wall_s": round(self.wall_s, 1)}
+        row: dict[str, object] = {
+            "burst": self.size,
+            "wall_s": round(self.wall_s, 1),
+            "client_lag_ms": round(self.client_lag_s * 1000),
+        }
         row.update({s: by_status.get(s, 0) for s in statuses})
         row.update(
             {
@@ -323,6 +340,15 @@ async def probe_readyz(url: str, stop: asyncio.Event, seen: Counter[str]) -> Non
                 seen[type(exc).__name__] += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
+
+
+async def loop_lag(stop: asyncio.Event, result: BurstResult) -> None:
+    """The longest this client's event loop was late by (a stalled client would show
+    here, not on the servers)."""
+    while not stop.is_set():
+        before = time.perf_counter()
+        await asyncio.sleep(0.1)
+        result.client_lag_s = max(result.client_lag_s, time.perf_counter() - before - 0.1)
 
 
 async def recover(url: str, model: str, result: BurstResult) -> None:
@@ -358,10 +384,14 @@ async def recover(url: str, model: str, result: BurstResult) -> None:
 
 
 async def run_burst(url: str, model: str, size: int, limit_s: float, result: BurstResult) -> None:
-    limits = httpx.Limits(max_connections=size + 16, max_keepalive_connections=size + 16)
+    # No keep-alive: every request of a burst has a connection of its own anyway, and
+    # httpcore walks its idle connections once per idle connection on every release
+    # (quadratic): thousands of idle ones would make this client the bottleneck.
+    limits = httpx.Limits(max_connections=size + 16, max_keepalive_connections=0)
     timeout = httpx.Timeout(REQUEST_TIMEOUT_S)
     stop = asyncio.Event()
     prober = asyncio.create_task(probe_readyz(url, stop, result.readyz_during))
+    lag = asyncio.create_task(loop_lag(stop, result))
     async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as client:
         started = time.perf_counter()
         tasks = [asyncio.create_task(one_stream(client, model, i)) for i in range(size)]
@@ -371,7 +401,7 @@ async def run_burst(url: str, model: str, size: int, limit_s: float, result: Bur
         await asyncio.gather(*pending, return_exceptions=True)
         result.wall_s = time.perf_counter() - started
     stop.set()
-    await prober
+    await asyncio.gather(prober, lag)
     for task in finished:
         exc = task.exception()
         if exc is not None:
@@ -482,6 +512,27 @@ def start_stack(
     return up, stack_processes(up.proc.pid)
 
 
+def warm_up(url: str, timeout_s: float = 30.0) -> str | None:
+    """One ordinary chat request through the whole stack; None when it succeeded, else
+    what went wrong. A stack whose /readyz is 200 may still not serve (a worker whose
+    consumer died at start-up): a burst against it would measure nothing useful."""
+    deadline = time.monotonic() + timeout_s
+    body = {"messages": [{"role": "user", "content": "Warm up."}]}
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.post(
+                f"{url}/v1/chat/completions", json=body, timeout=deadline - time.monotonic()
+            )
+            if r.status_code == 200:
+                return None
+            last = f"{r.status_code} {_error_code(r.content)}"
+        except httpx.HTTPError as exc:
+            last = type(exc).__name__
+        time.sleep(0.5)
+    return last
+
+
 def stop_stack(up: Launched, pids: dict[str, int]) -> None:
     up.stop()
     for pid in pids.values():
@@ -525,7 +576,10 @@ def print_report(results: list[BurstResult], pids: dict[str, int], limits: dict[
             rows.append({"burst": r.size, "answer": r.recovery_note, "count": ""})
     print_table(rows)
     print()
-    print("== server processes: RLIMIT_NOFILE and open descriptors (before / peak / after) ==")
+    print(
+        "== server processes: RLIMIT_NOFILE, CPU seconds (burst/recovery), open descriptors "
+        "(before/peak/after) =="
+    )
     rows = []
     for r in results:
         for role, pid in pids.items():
@@ -535,6 +589,7 @@ def print_report(results: list[BurstResult], pids: dict[str, int], limits: dict[
                 "process": role,
                 "pid": pid,
                 "nofile": limits.get(role, "?"),
+                "cpu_s": "{:.1f}/{:.1f}".format(*r.cpu.get(role, (0.0, 0.0))),
             }
             for key in ("total", "inbound", "upstream", "redis", "rabbitmq", "postgres"):
                 row["fds" if key == "total" else key] = "/".join(str(c.get(key, 0)) for c in counts)
@@ -587,7 +642,20 @@ def run(args: argparse.Namespace) -> None:
     limits: dict[str, object] = {}
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        up, pids = start_stack(env, base, log, args.server_nofile)
+        for attempt in (1, 2):
+            up, pids = start_stack(env, base, log, args.server_nofile)
+            failure = warm_up(url)
+            if failure is None:
+                break
+            print(
+                f"warm-up chat request failed ({failure}) although /readyz is 200; "
+                f"see {log}" + ("; restarting the stack once" if attempt == 1 else "")
+            )
+            stop_stack(up, pids)
+            up = None
+            if attempt == 2:
+                raise RuntimeError("the stack does not serve chat requests")
+        assert up is not None
         own = raise_own_nofile(max(args.bursts) * 2 + 1024)
         print(f"this script's RLIMIT_NOFILE: {own_start} at start, {own} now")
         limits = {role: "{}/{}".format(*nofile(pid)) for role, pid in pids.items()}
@@ -604,6 +672,7 @@ def run(args: argparse.Namespace) -> None:
             time.sleep(args.settle_s)
             offset = log.stat().st_size
             result.fds_before = {r: fd_snapshot(*w) for r, w in watched.items()}
+            cpu0 = {r: cpu_s(p) for r, p in pids.items()}
             sampler = FdSampler(watched)
             sampler.start()
             print(f"burst of {size} streams...", flush=True)
@@ -611,7 +680,10 @@ def run(args: argparse.Namespace) -> None:
                 asyncio.run(run_burst(url, model, size, args.burst_limit_s, result))
             finally:
                 result.fds_peak = sampler.stop()
+            cpu1 = {r: cpu_s(p) for r, p in pids.items()}
             asyncio.run(recover(url, model, result))
+            cpu2 = {r: cpu_s(p) for r, p in pids.items()}
+            result.cpu = {r: (cpu1[r] - cpu0[r], cpu2[r] - cpu1[r]) for r in pids}
             result.fds_after = {r: fd_snapshot(*w) for r, w in watched.items()}
             time.sleep(0.5)  # let the last log lines reach the file
             result.logs = read_logs(log, offset, log.stat().st_size)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import openai
@@ -13,9 +12,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from support.server import AxonProcess, run_axon
-from support.services import Namespace, cleanup, new_namespace
+from support.services import cleanup, new_namespace
 from support.sse import parse, read_then_reattach
+from support.stack import Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -24,39 +23,17 @@ CONVERSATIONS = 20
 TURNS = 3
 
 
-class Stack:
-    def __init__(self, ns: Namespace, data_dir: Path) -> None:
-        self.ns = ns
-        env = {
-            **ns.env(),
-            "AXON_ENGINE__THREADS": "1",
-            "AXON_ENGINE__CAPACITY": "4",
-            "AXON_ENGINE__CONTEXT_WINDOW": "2048",
-        }
-        run_axon(["db", "upgrade"], data_dir=data_dir, env=env)
-        self.processes: list[AxonProcess] = []
-        self.managers = [self._start("session-manager", data_dir, env) for _ in range(2)]
-        self.workers = [self._start("worker", data_dir, env) for _ in range(2)]
-        upstreams = "[" + ",".join(f'"{m.url}"' for m in self.managers) + "]"
-        self.gateways = [
-            self._start("gateway", data_dir, {**env, "AXON_GATEWAY__UPSTREAMS": upstreams})
-            for _ in range(2)
-        ]
-
-    def _start(self, role: str, data_dir: Path, env: dict[str, str]) -> AxonProcess:
-        process = AxonProcess([role], data_dir=data_dir, env=env)
-        self.processes.append(process)
-        return process.start()
-
-    def stop(self) -> None:
-        for process in reversed(self.processes):
-            process.stop()
+ENV = {
+    "AXON_ENGINE__THREADS": "1",
+    "AXON_ENGINE__CAPACITY": "4",
+    "AXON_ENGINE__CONTEXT_WINDOW": "2048",
+}
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     ns = new_namespace()
-    s = Stack(ns, tmp_path_factory.mktemp("axon-dist"))
+    s = Stack(ns, tmp_path_factory.mktemp("axon-dist"), ENV)
     try:
         yield s
     finally:

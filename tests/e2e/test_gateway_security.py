@@ -8,14 +8,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from support.server import AxonProcess, run_axon
-from support.services import Namespace, cleanup, new_namespace
+from support.services import cleanup, new_namespace
+from support.stack import Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -24,54 +23,30 @@ ADMIN = "admin-key-of-the-security-tests"
 KEY_CACHE_S = 2.0
 
 
-class Stack:
-    def __init__(self, ns: Namespace, data_dir: Path) -> None:
-        self.ns = ns
-        self.data_dir = data_dir
-        self.env = {
-            **ns.env(),
-            "AXON_ENGINE__KIND": "fake",
-            "AXON_ENGINE__MODEL": MODEL,
-            "AXON_ENGINE__FAKE_TOKENS_PER_SECOND": "50",
-            "AXON_ENGINE__FAKE_REPLY_TOKENS": "2000",
-            "AXON_ENGINE__CAPACITY": "64",
-            "AXON_AUTH__REQUIRED": "true",
-            "AXON_AUTH__ADMIN_KEY": ADMIN,
-            "AXON_AUTH__KEY_CACHE_S": str(KEY_CACHE_S),
-            "AXON_LIMITS__KEY_REQUESTS_PER_MINUTE": "0",
-            "AXON_LIMITS__KEY_TOKENS_PER_MINUTE": "0",
-            "AXON_LIMITS__TENANT_MAX_STREAMS": "0",
-        }
-        run_axon(["db", "upgrade"], data_dir=data_dir, env=self.env)
-        self.processes: list[AxonProcess] = []
-        self.managers = [self._start("session-manager") for _ in range(2)]
-        self.worker = self._start("worker")
-        upstreams = "[" + ",".join(f'"{m.url}"' for m in self.managers) + "]"
-        self.gateways = [
-            self._start("gateway", {"AXON_GATEWAY__UPSTREAMS": upstreams}) for _ in range(2)
-        ]
+ENV = {
+    "AXON_ENGINE__KIND": "fake",
+    "AXON_ENGINE__MODEL": MODEL,
+    "AXON_ENGINE__FAKE_TOKENS_PER_SECOND": "50",
+    "AXON_ENGINE__FAKE_REPLY_TOKENS": "2000",
+    "AXON_ENGINE__CAPACITY": "64",
+    "AXON_AUTH__REQUIRED": "true",
+    "AXON_AUTH__ADMIN_KEY": ADMIN,
+    "AXON_AUTH__KEY_CACHE_S": str(KEY_CACHE_S),
+    "AXON_LIMITS__KEY_REQUESTS_PER_MINUTE": "0",
+    "AXON_LIMITS__KEY_TOKENS_PER_MINUTE": "0",
+    "AXON_LIMITS__TENANT_MAX_STREAMS": "0",
+}
 
-    def _start(self, role: str, extra: dict[str, str] | None = None) -> AxonProcess:
-        process = AxonProcess([role], data_dir=self.data_dir, env={**self.env, **(extra or {})})
-        self.processes.append(process)
-        return process.start()
 
-    def key(self, tenant: str, *flags: str) -> str:
-        """``axon keys create``: the key is alone on the last line of its output."""
-        out = run_axon(
-            ["keys", "create", "--tenant", tenant, *flags], data_dir=self.data_dir, env=self.env
-        )
-        return out.strip().splitlines()[-1]
-
-    def stop(self) -> None:
-        for process in reversed(self.processes):
-            process.stop()
+def new_key(stack: Stack, tenant: str, *flags: str) -> str:
+    """``axon keys create``: the key is alone on the last line of its output."""
+    return stack.axon("keys", "create", "--tenant", tenant, *flags).strip().splitlines()[-1]
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     ns = new_namespace()
-    s = Stack(ns, tmp_path_factory.mktemp("axon-security"))
+    s = Stack(ns, tmp_path_factory.mktemp("axon-security"), ENV, workers=1)
     try:
         yield s
     finally:
@@ -84,17 +59,15 @@ def bearer(key: str) -> dict[str, str]:
 
 
 def test_keys_cli_lists_without_the_key_and_revokes(stack: Stack) -> None:
-    key = stack.key("cli-tenant", "--rpm", "7", "--expires-in-days", "3")
-    listing = run_axon(
-        ["keys", "list", "--tenant", "cli-tenant"], data_dir=stack.data_dir, env=stack.env
-    )
+    key = new_key(stack, "cli-tenant", "--rpm", "7", "--expires-in-days", "3")
+    listing = stack.axon("keys", "list", "--tenant", "cli-tenant")
     assert "cli-tenant" in listing
     assert "rpm=7" in listing
     assert key not in listing
     key_id = listing.split()[0]
     gateway = stack.gateways[0].url
     assert httpx.get(f"{gateway}/v1/models", headers=bearer(key)).status_code == 200
-    run_axon(["keys", "revoke", key_id], data_dir=stack.data_dir, env=stack.env)
+    stack.axon("keys", "revoke", key_id)
     # Every process (gateways, session managers) caches a verified key for
     # AXON_AUTH__KEY_CACHE_S; past that, the revocation holds everywhere.
     time.sleep(KEY_CACHE_S + 0.5)
@@ -104,7 +77,7 @@ def test_keys_cli_lists_without_the_key_and_revokes(stack: Stack) -> None:
 
 
 def test_another_tenants_data_is_404_through_the_gateways_on_every_route(stack: Stack) -> None:
-    a, b = bearer(stack.key("alpha")), bearer(stack.key("beta"))
+    a, b = bearer(new_key(stack, "alpha")), bearer(new_key(stack, "beta"))
     g1, g2 = (httpx.Client(base_url=g.url, timeout=60) for g in stack.gateways)
     sid = g1.post("/v1/sessions", json={"title": "alpha plans"}, headers=a).json()["id"]
     turn = g1.post(
@@ -156,7 +129,7 @@ async def _burst(stack: Stack, key: str, count: int, body: dict[str, Any]) -> li
 
 
 def test_two_gateways_share_one_keys_request_limit(stack: Stack) -> None:
-    key = stack.key("rpm-tenant", "--rpm", "40")
+    key = new_key(stack, "rpm-tenant", "--rpm", "40")
     body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     answers = asyncio.run(_burst(stack, key, 100, body))
     admitted = sum(r.status_code == 200 for r in answers)
@@ -168,7 +141,7 @@ def test_two_gateways_share_one_keys_request_limit(stack: Stack) -> None:
 
 def test_two_gateways_share_one_keys_token_limit(stack: Stack) -> None:
     limit = 3000
-    key = stack.key("tpm-tenant", "--tpm", str(limit))
+    key = new_key(stack, "tpm-tenant", "--tpm", str(limit))
     # A reply of exactly max_tokens: the reservation is what the request really uses.
     body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 40}
     answers = asyncio.run(_burst(stack, key, 120, body))
@@ -179,7 +152,7 @@ def test_two_gateways_share_one_keys_token_limit(stack: Stack) -> None:
 
 
 def test_a_reservation_settles_to_the_real_usage_after_the_client_leaves(stack: Stack) -> None:
-    key = stack.key("settle-tenant", "--tpm", "1200")
+    key = new_key(stack, "settle-tenant", "--tpm", "1200")
     big = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1000}
     with httpx.Client(base_url=stack.gateways[0].url, timeout=60) as http:
         with http.stream(
@@ -224,38 +197,20 @@ def test_an_unauthenticated_burst_never_reaches_a_session_manager(stack: Stack) 
 def slow_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """One worker with one slot, a queue that sheds past two waiting jobs."""
     ns = new_namespace()
-    data_dir = tmp_path_factory.mktemp("axon-shed")
-    extra = {
+    env = {
+        "AXON_ENGINE__KIND": "fake",
+        "AXON_ENGINE__MODEL": MODEL,
+        "AXON_ENGINE__FAKE_REPLY_TOKENS": "20",
         "AXON_ENGINE__CAPACITY": "1",
         "AXON_ENGINE__FAKE_TOKENS_PER_SECOND": "20",
         "AXON_LIMITS__MAX_QUEUE_DEPTH": "2",
     }
-    stack = _slow(ns, data_dir, extra)
+    stack = Stack(ns, tmp_path_factory.mktemp("axon-shed"), env, managers=1, workers=1, gateways=1)
     try:
         yield stack
     finally:
         stack.stop()
         cleanup(ns, [MODEL])
-
-
-def _slow(ns: Namespace, data_dir: Path, extra: dict[str, str]) -> Stack:
-    stack = Stack.__new__(Stack)
-    stack.ns, stack.data_dir = ns, data_dir
-    stack.env = {
-        **ns.env(),
-        "AXON_ENGINE__KIND": "fake",
-        "AXON_ENGINE__MODEL": MODEL,
-        "AXON_ENGINE__FAKE_REPLY_TOKENS": "20",
-        **extra,
-    }
-    run_axon(["db", "upgrade"], data_dir=data_dir, env=stack.env)
-    stack.processes = []
-    stack.managers = [stack._start("session-manager")]
-    stack.worker = stack._start("worker")
-    stack.gateways = [
-        stack._start("gateway", {"AXON_GATEWAY__UPSTREAMS": f'["{stack.managers[0].url}"]'})
-    ]
-    return stack
 
 
 async def _timed_turns(url: str, count: int) -> list[tuple[float, httpx.Response, str]]:
