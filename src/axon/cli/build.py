@@ -219,21 +219,22 @@ def model_info(e: EngineSettings, engine: Engine | None = None) -> ModelInfo:
     """What the session manager knows of a model: no weights, only a tokenizer. In one
     process it shares the engine's; elsewhere it loads the GGUF vocabulary alone, or, for a
     model whose tokenizer is not at hand, estimates."""
+    budget = e.default_max_tokens
     if engine is not None:
-        return ModelInfo(engine.model, engine.context_window, engine.tokenizer)
+        return ModelInfo(engine.model, engine.context_window, engine.tokenizer, budget)
     if e.kind == "fake":
         from axon.models.estimate import EstimateTokenizer
 
-        return ModelInfo(e.model, e.context_window, EstimateTokenizer())
+        return ModelInfo(e.model, e.context_window, EstimateTokenizer(), budget)
     if e.kind == "llamacpp" or e.model_path is not None:
         from axon.models.gguf import GgufTokenizer, default_model_path
 
         path = e.model_path or default_model_path()
-        return ModelInfo(e.model, e.context_window, GgufTokenizer(path))
+        return ModelInfo(e.model, e.context_window, GgufTokenizer(path), budget)
     from axon.models.estimate import EstimateTokenizer
 
     # Three bytes a token errs towards refusing early rather than failing in the engine.
-    return ModelInfo(e.model, e.context_window, EstimateTokenizer(bytes_per_token=3))
+    return ModelInfo(e.model, e.context_window, EstimateTokenizer(bytes_per_token=3), budget)
 
 
 def served_models(settings: Settings) -> dict[str, ModelInfo]:

@@ -1,6 +1,6 @@
 """The one error tree. Each error has a stable ``code`` and an HTTP ``status``, and says
-whether retrying the same request later may succeed (``retryable``); the edges translate
-it (gateway: an HTTP body, or an SSE ``error`` event once a stream has begun; worker: ack,
+whether retrying the same request later may succeed (``retryable``: the gateway then sends
+``Retry-After``); the edges translate it (gateway: an HTTP body, or an SSE ``error`` event once a stream has begun; worker: ack,
 retry or dead-letter).
 
     AxonError                      500 internal_error

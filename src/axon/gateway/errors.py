@@ -37,8 +37,12 @@ def error_body(error: AxonError) -> dict[str, Any]:
 
 
 def error_response(error: AxonError) -> JSONResponse:
-    """A JSON response for ``error``; also an ASGI app, so middleware answers with it too."""
-    return JSONResponse(error_body(error), status_code=error.status, headers=error.headers)
+    """A JSON response for ``error``; also an ASGI app, so middleware answers with it too.
+    A retryable error tells the client when to retry, at the latest in a second."""
+    headers = error.headers
+    if error.retryable and "Retry-After" not in headers:
+        headers = {**headers, "Retry-After": "1"}
+    return JSONResponse(error_body(error), status_code=error.status, headers=headers)
 
 
 def _describe(exc: RequestValidationError) -> tuple[str, str | None]:

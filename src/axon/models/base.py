@@ -75,4 +75,6 @@ class ModelInfo:
     name: str
     context_window: int
     tokenizer: Tokenizer
+    #: The reply length when a request gives no ``max_tokens``: each model its own.
+    default_max_tokens: int = 512
     owned_by: str = "axon"

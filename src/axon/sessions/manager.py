@@ -47,7 +47,7 @@ from axon.queue.base import JobQueue
 from axon.sessions.admission import Admission, Reservation, StreamSlot
 from axon.sessions.cache import SessionCache
 from axon.sessions.load import LoadShedder
-from axon.sessions.prompt import fit_prompt, reply_budget
+from axon.sessions.prompt import fit_prompt, reserve_for_reply
 from axon.sessions.records import MessageRecord, MessageStatus, SessionRecord
 from axon.sessions.relay import Final, Relay, Relayed, Relays, nothing
 from axon.sessions.store import AssistantReply, SessionStore
@@ -238,7 +238,7 @@ class SessionManager:
         )
 
     def _budget(self, info: ModelInfo, params: SamplingParams) -> int:
-        return reply_budget(info, params.max_tokens, self._settings.engine.default_max_tokens)
+        return reserve_for_reply(info, params.max_tokens)
 
     def _check_prompt_cap(self, used: int) -> None:
         cap = self._settings.limits.max_prompt_tokens

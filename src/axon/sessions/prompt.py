@@ -10,8 +10,9 @@ from axon.core.types import ChatMessage
 from axon.models.base import ModelInfo
 
 
-def reply_budget(info: ModelInfo, max_tokens: int | None, default_max_tokens: int) -> int:
-    """Tokens to keep free for the reply. Raise when ``max_tokens`` leaves no room."""
+def reserve_for_reply(info: ModelInfo, max_tokens: int | None) -> int:
+    """Tokens of the context window to keep free for the reply (and to reserve against the
+    caller's token limits). Raise when ``max_tokens`` leaves no room."""
     if max_tokens is not None and max_tokens >= info.context_window:
         raise ContextWindowExceeded(
             f"max_tokens is {max_tokens}, but the model {info.name!r} has a context window "
@@ -22,7 +23,7 @@ def reply_budget(info: ModelInfo, max_tokens: int | None, default_max_tokens: in
         return max_tokens
     # Without an explicit limit, keep a reasonable reply possible without refusing prompts
     # that leave less than the default; the engine stops at the window's end anyway.
-    return min(default_max_tokens, info.context_window // 4)
+    return min(info.default_max_tokens, info.context_window // 4)
 
 
 def fit_prompt(

@@ -11,7 +11,7 @@ from axon.core.errors import ContextWindowExceeded, InvalidRequest
 from axon.core.types import ChatMessage
 from axon.models.base import ModelInfo, Tokenizer
 from axon.models.estimate import EstimateTokenizer
-from axon.sessions.prompt import fit_prompt, reply_budget
+from axon.sessions.prompt import fit_prompt, reserve_for_reply
 
 TOKENIZER = EstimateTokenizer()
 SYSTEM = "You are a terse assistant."
@@ -147,22 +147,22 @@ def test_max_tokens_as_large_as_the_window_is_refused_as_max_tokens() -> None:
     info = model(2048)
 
     with pytest.raises(ContextWindowExceeded) as caught:
-        reply_budget(info, 2048, 512)
+        reserve_for_reply(info, 2048)
 
     assert caught.value.param == "max_tokens"
     assert "2048" in caught.value.message
     with pytest.raises(ContextWindowExceeded):
-        reply_budget(info, 10_000, 512)
+        reserve_for_reply(info, 10_000)
 
 
-def test_max_tokens_below_the_window_is_the_reply_budget() -> None:
-    assert reply_budget(model(2048), 2047, 512) == 2047
-    assert reply_budget(model(2048), 100, 512) == 100
+def test_max_tokens_below_the_window_is_what_the_reply_reserves() -> None:
+    assert reserve_for_reply(model(2048), 2047) == 2047
+    assert reserve_for_reply(model(2048), 100) == 100
 
 
 def test_without_max_tokens_the_budget_is_the_default_capped_by_a_quarter_window() -> None:
-    assert reply_budget(model(8192), None, 512) == 512
-    assert reply_budget(model(1024), None, 512) == 256
+    assert reserve_for_reply(model(8192), None) == 512
+    assert reserve_for_reply(model(1024), None) == 256
 
 
 class CountingTokenizer(EstimateTokenizer):
