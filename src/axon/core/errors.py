@@ -1,7 +1,7 @@
 """The one error tree. Each error has a stable ``code`` and an HTTP ``status``, and says
 whether retrying the same request later may succeed (``retryable``: the gateway then sends
-``Retry-After``); the edges translate it (gateway: an HTTP body, or an SSE ``error`` event once a stream has begun; worker: ack,
-retry or dead-letter).
+``Retry-After``). The edges translate it: the gateway into an HTTP body, or an SSE
+``error`` event once a stream has begun; the worker into ack, retry or dead-letter.
 
     AxonError                      500 internal_error
     ├── InvalidRequest             400 invalid_request
