@@ -26,7 +26,7 @@ from axon.core.errors import QueueUnavailable
 from axon.core.types import Job
 from axon.queue.base import Delivery, JobQueue
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: Dead letters are read by one small consumer that tells clients; a few in flight is plenty.
 _DEAD_LETTER_PREFETCH = 16
@@ -58,7 +58,7 @@ class _RabbitDelivery(Delivery):
             # The channel this came on is gone: the broker has already put the job back
             # in the queue and will deliver it again (the stream lets the next worker
             # continue without a gap), so there is nothing left to settle here.
-            logger.warning(
+            log.warning(
                 "job delivery not settled: its channel closed, the broker redelivers it",
                 extra={"action": action, "request_id": self.job.request_id},
             )
@@ -250,7 +250,7 @@ class RabbitMQJobQueue(JobQueue):
                     yield message
             if self._closed:
                 return
-            logger.warning(
+            log.warning(
                 "job consumer ended while the queue is open; resuming", extra={"model": model}
             )
             await asyncio.sleep(_RESUME_DELAY_S)
@@ -260,7 +260,7 @@ class RabbitMQJobQueue(JobQueue):
             return Job.model_validate_json(message.body)
         except ValidationError:
             # It can never run: dead-letter it (a dead letter: drop it). Contents unlogged.
-            logger.error("rejecting an undecodable job", extra={"message_id": message.message_id})
+            log.error("rejecting an undecodable job", extra={"message_id": message.message_id})
             await message.reject(requeue=False)
             return None
 

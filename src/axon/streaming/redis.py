@@ -15,7 +15,7 @@ from axon.core.types import Completion, StreamEvent
 from axon.redis_client import unavailable
 from axon.streaming.base import Entry, TokenStreams
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 # One field per entry keeps XADD and parsing cheap: this is the per-token hot path.
 _EVENT, _EVENT_B = "e", b"e"
@@ -205,7 +205,7 @@ class RedisTokenStreams(TokenStreams):
                 )
             except (KeyError, ValidationError):
                 # A poison entry would be reclaimed forever; drop it loudly instead.
-                logger.error(
+                log.error(
                     "dropping an undecodable completion", extra={"completion_id": completion_id}
                 )
                 await self.ack_completion(group, completion_id)

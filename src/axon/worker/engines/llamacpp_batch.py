@@ -20,13 +20,13 @@ from typing import Any
 
 from axon.core.errors import ConfigError, EngineError
 from axon.models.gguf import GgufTokenizer, check_model_file, import_llama_cpp
-from axon.worker.engines.llamacpp_sequence import Outbox, Request, Sampler, Sequence
+from axon.worker.engines.llamacpp_sequence import Outbox, Request, Running, Sampler
 
 log = logging.getLogger(__name__)
 
 #: What one step feeds one sequence: its tokens, whether to sample after the last one,
 #: and whether they are prompt tokens (for the counters).
-_Entry = tuple[Sequence, list[int], bool, bool]
+_Entry = tuple[Running, list[int], bool, bool]
 
 
 @dataclass(slots=True)
@@ -103,7 +103,7 @@ class BatchDecoder:
         self.stats = DecoderStats()
         self._cond = threading.Condition()
         self._waiting: deque[Request] = deque()
-        self._active: list[Sequence] = []
+        self._active: list[Running] = []
         self._slots = [_Slot(i) for i in range(capacity)]
         self._clock = 0
         self._outbox = Outbox()
@@ -259,7 +259,7 @@ class BatchDecoder:
             request.release()
             return
         slot.busy = True
-        self._active.append(Sequence(request, slot.seq_id, keep, sampler, self.tokenizer))
+        self._active.append(Running(request, slot.seq_id, keep, sampler, self.tokenizer))
         self.stats.admitted += 1
         self.stats.reused_tokens += keep
 
@@ -298,7 +298,7 @@ class BatchDecoder:
             del slot.cached[keep:]
         return keep
 
-    def _finish(self, seq: Sequence, error: EngineError | None = None) -> None:
+    def _finish(self, seq: Running, error: EngineError | None = None) -> None:
         """Take ``seq`` out of the batch; its slot keeps the cells for prefix reuse."""
         self._active.remove(seq)
         seq.sampler.close()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
-from collections.abc import Sequence as Seq
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +23,7 @@ class StopFilter:
     """Holds back generated text that might be the start of a stop sequence, so that a
     stop sequence split across tokens is caught and never leaks into the reply."""
 
-    def __init__(self, stops: Seq[str]) -> None:
+    def __init__(self, stops: Sequence[str]) -> None:
         self.stops = [s for s in stops if s]
         self.held = ""
 
@@ -145,7 +145,7 @@ class Sampler:
             self._chain = None
 
 
-class Sequence:
+class Running:
     """A request holding a slot: where its prompt stands and what it has produced.
 
     Lives on the decode thread only.
