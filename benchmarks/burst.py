@@ -12,9 +12,17 @@ streaming `POST /v1/chat/completions` at once and reports:
 - latency of the refusals (503/429) and time to first byte of the 200s, p50/p99/max;
 - how long after the burst `/readyz` answers 200 again, and a single chat request
   succeeds (polled every 0.2 s, up to 120 s);
-- per server process: RLIMIT_NOFILE, open file descriptors before and during the burst
-  (with the sockets to Redis, inbound and upstream), and the log lines that mention
-  "error" or "unavailable".
+- per server process: RLIMIT_NOFILE, CPU seconds used, open file descriptors before,
+  during (peak) and after the burst (with its sockets to Redis, RabbitMQ and PostgreSQL,
+  from clients, and from the gateway to the session manager), and the log lines that
+  mention "error" or "unavailable";
+- this client's own event-loop lag, `/readyz` answers during the burst, and the host's
+  accept-backlog overflows (so that a slow client or a full backlog is not mistaken for a
+  slow server).
+
+Before the first burst one ordinary chat request must succeed (a stack can answer
+/readyz with 200 and still not serve: e.g. a worker whose consumer died at start-up); if
+it does not, the stack is restarted once.
 
     python benchmarks/burst.py                       # bursts of 300 and 2000
     python benchmarks/burst.py --bursts 100 --tenant-max-streams 0 --server-nofile 1024
@@ -115,6 +123,22 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def listen_drops() -> dict[str, int]:
+    """This host's TCP ListenOverflows and ListenDrops counters (connections refused or
+    dropped because a listening socket's accept backlog was full)."""
+    counts: dict[str, int] = {}
+    try:
+        lines = Path("/proc/net/netstat").read_text().splitlines()
+    except OSError:
+        return counts
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:], strict=False))
+            for key in ("ListenOverflows", "ListenDrops"):
+                counts[key] = int(table.get(key, 0))
+    return counts
+
+
 def nofile(pid: int) -> tuple[int, int]:
     soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
     return soft, hard
@@ -206,7 +230,7 @@ class Outcome:
     status: int | str
     #: For 200s: ``done``, ``error`` (an error frame) or ``cut``; else ``refused``.
     end: str
-    #: Error code of a refusal's body or of the stream's error frame.
+    #: Error code and message of a refusal's body or of the stream's error frame.
     code: str | None = None
     #: Refusals: time to the end of the answer. 200s: time to the first body byte.
     latency_s: float = 0.0
@@ -217,12 +241,14 @@ class Outcome:
 
 
 def _error_code(raw: bytes | str) -> str | None:
+    """``code: message`` of an error body (OpenAI's shape), or None."""
     try:
         data = json.loads(raw)
     except ValueError:
         return None
     if isinstance(data, dict) and isinstance(data.get("error"), dict):
-        return str(data["error"].get("code"))
+        error = data["error"]
+        return f"{error.get('code')}: {str(error.get('message'))[:70]}"
     return None
 
 
@@ -292,6 +318,8 @@ class BurstResult:
     logs: dict[str, tuple[int, int, Counter[str]]] = field(default_factory=dict)
     #: CPU seconds each server process used during the burst, then during the recovery.
     cpu: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: Host-wide accept-backlog overflows and drops during the burst.
+    listen: dict[str, int] = field(default_factory=dict)
 
     def row(self, statuses: list[str]) -> dict[str, object]:
         by_status = Counter(str(o.status) for o in self.outcomes)
@@ -417,7 +445,8 @@ async def run_burst(url: str, model: str, size: int, limit_s: float, result: Bur
 def read_logs(path: Path, start: int, end: int) -> dict[str, tuple[int, int, Counter[str]]]:
     """Lines of the stack's log between two offsets, per process (the JSON ``service``
     field; other lines under ``other``): total, those mentioning "error" or
-    "unavailable", and those grouped by message and code."""
+    "unavailable" (anywhere but the logger's name), and those grouped by message and
+    code."""
     with path.open("rb") as f:
         f.seek(start)
         text = f.read(end - start).decode(errors="replace")
@@ -440,8 +469,15 @@ def read_logs(path: Path, start: int, end: int) -> dict[str, tuple[int, int, Cou
         else:
             role = "other"
             key = line.strip()[:140]
+        key = " ".join(key.split())
+        # uvicorn's logger is named "uvicorn.error" whatever it says: not a match by itself.
+        searched = (
+            json.dumps({k: v for k, v in entry.items() if k != "logger"})
+            if isinstance(entry, dict)
+            else line
+        )
         total, matched, groups = out.get(role, (0, 0, Counter()))
-        hit = bool(LOG_MATCH.search(line))
+        hit = bool(LOG_MATCH.search(searched))
         if hit:
             groups[key] += 1
         out[role] = (total + 1, matched + hit, groups)
@@ -574,6 +610,8 @@ def print_report(results: list[BurstResult], pids: dict[str, int], limits: dict[
         rows.append({"burst": r.size, "answer": f"/readyz during the burst: {during}", "count": ""})
         if r.recovery_note:
             rows.append({"burst": r.size, "answer": r.recovery_note, "count": ""})
+        backlog = " ".join(f"{k}:{v}" for k, v in sorted(r.listen.items()))
+        rows.append({"burst": r.size, "answer": f"accept backlog (host): {backlog}", "count": ""})
     print_table(rows)
     print()
     print(
@@ -673,6 +711,7 @@ def run(args: argparse.Namespace) -> None:
             offset = log.stat().st_size
             result.fds_before = {r: fd_snapshot(*w) for r, w in watched.items()}
             cpu0 = {r: cpu_s(p) for r, p in pids.items()}
+            drops0 = listen_drops()
             sampler = FdSampler(watched)
             sampler.start()
             print(f"burst of {size} streams...", flush=True)
@@ -681,6 +720,7 @@ def run(args: argparse.Namespace) -> None:
             finally:
                 result.fds_peak = sampler.stop()
             cpu1 = {r: cpu_s(p) for r, p in pids.items()}
+            result.listen = {k: v - drops0.get(k, 0) for k, v in listen_drops().items()}
             asyncio.run(recover(url, model, result))
             cpu2 = {r: cpu_s(p) for r, p in pids.items()}
             result.cpu = {r: (cpu1[r] - cpu0[r], cpu2[r] - cpu1[r]) for r in pids}

@@ -190,6 +190,11 @@ class BackendSettings(BaseModel):
     ratelimit: Literal["memory", "redis"] = Field("memory", description="Rate limiter backend.")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL.")
     redis_prefix: str = Field("axon:", description="Prefix of every Redis key Axon writes.")
+    redis_max_connections: int = Field(
+        2000,
+        description="Connections per Redis pool (one for commands, one for token streams, "
+        "whose waiting relays hold one each); a full pool fails a call within 2 s.",
+    )
     rabbitmq_url: str = Field("amqp://guest:guest@127.0.0.1:5672/", description="RabbitMQ URL.")
     rabbitmq_prefix: str = Field("axon", description="Prefix of every queue Axon declares.")
 

@@ -42,26 +42,46 @@ class Backends:
 
     settings: Settings
     _redis: Any = None
+    _redis_streams: Any = None
     _engine: Any = None
     _limiter: RateLimiter | None = None
     _queue: JobQueue | None = None
     _streams: TokenStreams | None = None
     _closers: list[Any] = field(default_factory=list)
 
+    def _redis_client(self) -> Any:
+        redis_asyncio = _require("redis.asyncio", "distributed")
+        pool = redis_asyncio.BlockingConnectionPool.from_url(
+            self.settings.backends.redis_url,
+            max_connections=self.settings.backends.redis_max_connections,
+            # A full pool makes a caller wait this long for a connection, then fail as
+            # "Redis is unavailable": a short wait, never an unbounded queue.
+            timeout=2,
+            # Blocking stream reads wait up to 10 s, so reads may take that long; a
+            # dead server is still noticed within the connect timeout and keepalives.
+            socket_timeout=30,
+            socket_connect_timeout=5,
+            socket_keepalive=True,
+            health_check_interval=15,
+        )
+        client = redis_asyncio.Redis(connection_pool=pool)
+        self._closers.append(client.aclose)
+        self._closers.append(pool.disconnect)
+        return client
+
     def redis(self) -> Any:
+        """The client for short commands: limits, cache, cancel flags."""
         if self._redis is None:
-            redis_asyncio = _require("redis.asyncio", "distributed")
-            self._redis = redis_asyncio.Redis.from_url(
-                self.settings.backends.redis_url,
-                # Blocking stream reads wait up to 10 s, so reads may take that long; a
-                # dead server is still noticed within the connect timeout and keepalives.
-                socket_timeout=30,
-                socket_connect_timeout=5,
-                socket_keepalive=True,
-                health_check_interval=15,
-            )
-            self._closers.append(self._redis.aclose)
+            self._redis = self._redis_client()
         return self._redis
+
+    def redis_streams(self) -> Any:
+        """The client for token streams, whose blocking reads each hold a connection
+        while they wait: a pool of their own, so waiting relays can never starve
+        admission, limits or readiness of connections."""
+        if self._redis_streams is None:
+            self._redis_streams = self._redis_client()
+        return self._redis_streams
 
     async def queue(self) -> JobQueue:
         """The process's one queue client (in one process, the manager and the worker
@@ -100,7 +120,7 @@ class Backends:
             return MemoryTokenStreams(ttl_s=s.ttl_s, maxlen=s.maxlen)
         redis_streams = _require("axon.streaming.redis", "distributed")
         streams: TokenStreams = redis_streams.RedisTokenStreams(
-            self.redis(),
+            self.redis_streams(),
             prefix=self.settings.backends.redis_prefix,
             ttl_s=s.ttl_s,
             maxlen=s.maxlen,

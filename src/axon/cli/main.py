@@ -73,6 +73,20 @@ async def _run_role(role: str, settings: Settings) -> None:
         await serve_http(await roles.session_manager_app(settings, edge=False), settings)
 
 
+def _raise_file_limit() -> None:
+    """Every open stream costs a server a socket or two: lift the soft limit on open files
+    to the hard one (often 1,024 against 1,048,576), or a burst of clients ends in
+    "too many open files" instead of answers."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.command == "convert-model":
@@ -95,6 +109,8 @@ def main(argv: list[str] | None = None) -> None:
         level="WARNING" if args.command == "keys" else settings.log.level,
         json_format=settings.log.json_format,
     )
+    if args.command in ("serve", "gateway", "session-manager", "worker", "up"):
+        _raise_file_limit()
     try:
         if args.command == "serve":
             from axon.cli.run import serve_embedded

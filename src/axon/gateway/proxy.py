@@ -7,9 +7,11 @@ nothing reached the first one); once any byte was sent, a failure is the client'
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import re
+from dataclasses import dataclass
 
 import httpx
 from fastapi import Request
@@ -17,7 +19,8 @@ from starlette.background import BackgroundTask
 from starlette.responses import StreamingResponse
 
 from axon.config import GatewaySettings
-from axon.core.errors import InvalidRequest, Unavailable
+from axon.core.errors import InvalidRequest, Overloaded, Unavailable
+from axon.observability import metrics
 
 log = logging.getLogger(__name__)
 
@@ -58,19 +61,33 @@ def _may_stream(method: str, path: str) -> bool:
     )
 
 
+@dataclass
+class _Pool:
+    """A connection pool and the number of requests it may carry at once. A request past
+    that is refused at once: queued inside the HTTP client's pool, every waiting request
+    costs work on every pool event, and a burst of thousands stalls the event loop for
+    minutes (probes and all)."""
+
+    client: httpx.AsyncClient
+    slots: asyncio.Semaphore
+
+
 class Upstreams:
     """Round-robin over session-manager URLs. Two connection pools: one for requests
     that may stream for minutes, one for everything else, so that held-open streams can
-    never starve short requests (listings, cancels) of connections. asyncio sets
-    TCP_NODELAY on every TCP connection, so small SSE writes are not delayed."""
+    never starve short requests (listings, cancels) of connections; readiness probes have
+    a small client of their own. asyncio sets TCP_NODELAY on every TCP connection, so
+    small SSE writes are not delayed."""
 
     def __init__(self, settings: GatewaySettings) -> None:
         if not settings.upstreams:
             raise ValueError("no upstream session managers configured")
         self.urls = [u.rstrip("/") for u in settings.upstreams]
         self._next = itertools.cycle(range(len(self.urls)))
-        self.client = self._client(settings, settings.upstream_pool_size)
-        self.streams = self._client(settings, settings.upstream_pool_size)
+        self.size = settings.upstream_pool_size
+        self.client = self._pool(settings, self.size)
+        self.streams = self._pool(settings, self.size)
+        self._probes = self._client(settings, 4)
 
     @staticmethod
     def _client(settings: GatewaySettings, size: int) -> httpx.AsyncClient:
@@ -81,12 +98,43 @@ class Upstreams:
                 write=30.0,
                 pool=settings.upstream_connect_timeout_s,
             ),
-            limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+            # Idle connections beyond a few dozen only cost descriptors.
+            limits=httpx.Limits(max_connections=size, max_keepalive_connections=min(size, 32)),
         )
+
+    def _pool(self, settings: GatewaySettings, size: int) -> _Pool:
+        return _Pool(self._client(settings, size), asyncio.Semaphore(size))
 
     async def forward(self, request: Request) -> StreamingResponse:
         check_path(request.scope.get("raw_path") or request.url.path.encode())
-        client = self.streams if _may_stream(request.method, request.url.path) else self.client
+        pool = self.streams if _may_stream(request.method, request.url.path) else self.client
+        if pool.slots.locked():
+            metrics.SHED.labels("gateway_connections").inc()
+            raise Overloaded(
+                f"this gateway is carrying its limit of {self.size} requests; retry shortly",
+                headers={"Retry-After": "1"},
+            )
+        await pool.slots.acquire()
+        try:
+            response = await self._send(pool.client, request)
+        except BaseException:
+            pool.slots.release()
+            raise
+
+        async def done() -> None:
+            try:
+                await response.aclose()
+            finally:
+                pool.slots.release()
+
+        return StreamingResponse(
+            response.aiter_raw(),
+            status_code=response.status_code,
+            headers={k: v for k, v in response.headers.items() if k.lower() not in _DROP},
+            background=BackgroundTask(done),
+        )
+
+    async def _send(self, client: httpx.AsyncClient, request: Request) -> httpx.Response:
         body = await request.body()
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _DROP]
         client_ip = request.client.host if request.client else ""
@@ -103,26 +151,19 @@ class Upstreams:
                 content=body,
             )
             try:
-                response = await client.send(upstream, stream=True)
+                return await client.send(upstream, stream=True)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 log.warning(
                     "session manager unreachable; trying the next",
                     extra={"upstream": base, "error": type(exc).__name__},
                 )
-                continue
-            return StreamingResponse(
-                response.aiter_raw(),
-                status_code=response.status_code,
-                headers={k: v for k, v in response.headers.items() if k.lower() not in _DROP},
-                background=BackgroundTask(response.aclose),
-            )
         raise Unavailable("no session manager could be reached")
 
     async def ready(self) -> None:
         """Ready when at least one upstream is ready."""
         for base in self.urls:
             try:
-                r = await self.client.get(f"{base}/readyz", timeout=2.0)
+                r = await self._probes.get(f"{base}/readyz", timeout=2.0)
                 if r.status_code == 200:
                     return
             except httpx.HTTPError:
@@ -130,5 +171,5 @@ class Upstreams:
         raise Unavailable("no session manager is ready")
 
     async def close(self) -> None:
-        await self.client.aclose()
-        await self.streams.aclose()
+        for client in (self.client.client, self.streams.client, self._probes):
+            await client.aclose()
