@@ -28,6 +28,7 @@ class LoadShedder:
         #: Requests this replica admitted since it last read each model's depth: a burst
         #: between two reads counts at once, not a second later.
         self._since_read: dict[str, int] = {}
+        self._reading: dict[str, asyncio.Lock] = {}
 
     def waiting(self, request_id: str, model: str) -> None:
         self._waiting.setdefault(request_id, (model, time.monotonic()))
@@ -60,16 +61,21 @@ class LoadShedder:
         limit = self._settings.max_queue_depth
         if limit <= 0:
             return
-        now = time.monotonic()
         cached = self._depths.get(model)
-        if cached is None or now - cached[0] > DEPTH_TTL_S:
-            try:
-                depth = await asyncio.wait_for(queue.depth(model), DEPTH_TIMEOUT_S)
-            except (AxonError, TimeoutError):
-                return  # the broker is the problem; publishing answers that with a 503
-            cached = (now, depth)
-            self._depths[model] = cached
-            self._since_read[model] = 0
+        if cached is None or time.monotonic() - cached[0] > DEPTH_TTL_S:
+            # One read at a time per model: a burst shares it, and the requests admitted
+            # while it runs stay counted on top of what it finds.
+            async with self._reading.setdefault(model, asyncio.Lock()):
+                cached = self._depths.get(model)
+                if cached is None or time.monotonic() - cached[0] > DEPTH_TTL_S:
+                    before = self._since_read.get(model, 0)
+                    try:
+                        depth = await asyncio.wait_for(queue.depth(model), DEPTH_TIMEOUT_S)
+                    except (AxonError, TimeoutError):
+                        return  # the broker is the problem; publishing answers with a 503
+                    cached = (time.monotonic(), depth)
+                    self._depths[model] = cached
+                    self._since_read[model] = self._since_read.get(model, 0) - before
         depth = cached[1] + self._since_read.get(model, 0)
         if depth >= limit:
             raise self._refuse(
