@@ -172,3 +172,18 @@ async def test_a_limiter_that_cannot_be_reached_applies_the_configured_policy(
         if status == 503:
             assert r.headers["retry-after"] == "1"
             assert r.json()["error"]["code"] == "service_unavailable"
+
+
+async def test_a_keys_own_stream_cap_applies_to_that_key_alone(tmp_path: Path) -> None:
+    async with serve(tmp_path, speed=20.0, auth=auth()) as client:
+        capped = await key(client, "acme", max_streams=1)
+        other = await key(client, "acme")
+        running = asyncio.create_task(
+            client.post("/v1/chat/completions", json=CHAT, headers=capped)
+        )
+        await asyncio.sleep(0.2)
+        refused = await client.post("/v1/chat/completions", json=CHAT, headers=capped)
+        assert refused.status_code == 429
+        assert "at most 1 at once" in refused.json()["error"]["message"]
+        assert (await client.post("/v1/chat/completions", json=CHAT, headers=other)).is_success
+        assert (await running).status_code == 200
