@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from axon.auth.authenticator import Authenticator
 from axon.auth.keys import KeyStore
 from axon.config import Settings
 from axon.ratelimit.base import RateLimiter
-from axon.sessions.manager import SessionManager
+from axon.sessions.manager import Check, SessionManager
 
-#: A readiness check: returns normally when ready, raises (any error) when not.
-Check = Callable[[], Awaitable[None]]
+__all__ = ["Check", "Services"]
 
 
 @dataclass

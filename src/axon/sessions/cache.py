@@ -8,6 +8,11 @@ from collections.abc import Sequence
 from axon.sessions.records import MessageRecord
 
 
+def session_key(tenant: str, session_id: str) -> str:
+    """A session's key in the cache: namespaced by the tenant the server derived."""
+    return f"{tenant}/{session_id}"
+
+
 class SessionCache(abc.ABC):
     """Holds at most ``max_messages`` of each session's newest messages, oldest first.
     A miss (``None``) means: read the store. The cache is never the system of record."""

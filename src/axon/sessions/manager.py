@@ -12,9 +12,7 @@ tenant's session or reply is ``NotFound``, exactly like one that does not exist.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,7 +23,6 @@ from axon.core.errors import (
     InvalidRequest,
     ModelNotFound,
     NotFound,
-    PayloadTooLarge,
 )
 from axon.core.ids import new_id
 from axon.core.types import (
@@ -45,18 +42,17 @@ from axon.observability import metrics
 from axon.observability.logging import request_id_var, session_id_var
 from axon.queue.base import JobQueue
 from axon.sessions.admission import Admission, Reservation, StreamSlot
-from axon.sessions.cache import SessionCache
+from axon.sessions.cache import SessionCache, session_key
+from axon.sessions.intake import Intake
 from axon.sessions.load import LoadShedder
-from axon.sessions.prompt import fit_prompt, reserve_for_reply
-from axon.sessions.records import MessageRecord, MessageStatus, SessionRecord
+from axon.sessions.records import MessageRecord, SessionRecord
 from axon.sessions.relay import Final, Relay, Relayed, Relays, nothing
-from axon.sessions.store import AssistantReply, SessionStore
+from axon.sessions.replies import Replies
+from axon.sessions.store import SessionStore
 from axon.streaming.base import TokenStreams, parse_id
 
 log = logging.getLogger(__name__)
 
-#: Consumer group of the completion log shared by every session-manager replica.
-COMPLETION_GROUP = "session-managers"
 #: How far ahead of this replica's clock a ``Last-Event-ID`` may point (clock skew).
 _FUTURE_ID_SLACK_MS = 60_000
 #: A readiness check: returns normally when ready, raises when not.
@@ -74,18 +70,6 @@ class Turn:
     created: bool
     #: ``x-ratelimit-*`` headers of the admission.
     headers: Mapping[str, str]
-
-
-async def _nothing() -> None:
-    return None
-
-
-def _status(reason: FinishReason) -> MessageStatus:
-    if reason is FinishReason.ERROR:
-        return "failed"
-    if reason is FinishReason.CANCELLED:
-        return "cancelled"
-    return "complete"
 
 
 class SessionManager:
@@ -110,12 +94,13 @@ class SessionManager:
         self._load = load
         self.models = dict(models)
         self.default_model = next(iter(self.models))
-        self._consumer_name = f"{socket.gethostname()}-{new_id('sm')}"
+        self._intake = Intake(settings.limits)
+        self._replies = Replies(store, cache, streams)
         self._relays = Relays(
             streams=streams,
             admission=admission,
             load=load,
-            store_reply=self._store_reply,
+            store_reply=self._replies.store,
             timeout_s=settings.server.request_timeout_s,
         )
 
@@ -150,9 +135,9 @@ class SessionManager:
     ) -> SessionRecord:
         info = self.model(model)
         if system_prompt is not None:
-            self._check_text(system_prompt, "system_prompt")
+            self._intake.check_text(system_prompt, "system_prompt")
         if title is not None:
-            self._check_text(title, "title")
+            self._intake.check_text(title, "title")
         return await self._store.create_session(
             principal.tenant,
             title=title or "New chat",
@@ -173,12 +158,9 @@ class SessionManager:
         messages = await self._store.recent_messages(principal.tenant, session_id, limit=10_000)
         return session, messages
 
-    def _cache_key(self, tenant: str, session_id: str) -> str:
-        return f"{tenant}/{session_id}"
-
     async def _history(self, tenant: str, session_id: str) -> list[MessageRecord]:
         """The newest messages of a session (the prompt's source), from the cache if warm."""
-        key = self._cache_key(tenant, session_id)
+        key = session_key(tenant, session_id)
         cached = await self._cache.get(key)
         if cached is not None:
             return cached
@@ -189,32 +171,9 @@ class SessionManager:
 
     async def delete_session(self, principal: Principal, session_id: str) -> None:
         await self._store.delete_session(principal.tenant, session_id)
-        await self._cache.invalidate(self._cache_key(principal.tenant, session_id))
+        await self._cache.invalidate(session_key(principal.tenant, session_id))
 
     # -- admission --------------------------------------------------------------------
-
-    def _check_text(self, text: str, param: str) -> None:
-        cap = self._settings.limits.max_message_chars
-        if len(text) > cap:
-            raise PayloadTooLarge(
-                f"{param} is {len(text)} characters; at most {cap} are accepted", param=param
-            )
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidRequest(
-                f"{param} is not valid Unicode (it holds a lone surrogate)", param=param
-            ) from None
-
-    def _check_messages(self, messages: Sequence[ChatMessage]) -> None:
-        cap = self._settings.limits.max_messages
-        if len(messages) > cap:
-            raise InvalidRequest(
-                f"the request has {len(messages)} messages; at most {cap} are accepted",
-                param="messages",
-            )
-        for i, message in enumerate(messages):
-            self._check_text(message.content, f"messages.{i}.content")
 
     def _job(
         self,
@@ -236,38 +195,6 @@ class SessionManager:
             deadline=now + self._settings.server.request_timeout_s,
             enqueued_at=now,
         )
-
-    def _budget(self, info: ModelInfo, params: SamplingParams) -> int:
-        return reserve_for_reply(info, params.max_tokens)
-
-    def _check_prompt_cap(self, used: int) -> None:
-        cap = self._settings.limits.max_prompt_tokens
-        if cap and used > cap:
-            raise InvalidRequest(
-                f"the prompt is {used} tokens; this server accepts at most {cap} prompt "
-                "tokens per request",
-                param="messages",
-            )
-
-    async def _fit(
-        self,
-        info: ModelInfo,
-        *,
-        system: str | None,
-        history: list[ChatMessage],
-        new: list[ChatMessage],
-        reserve: int,
-    ) -> tuple[list[ChatMessage], int]:
-        """The prompt and its token count. Tokenizing is CPU work that grows with the
-        input: it runs in a thread so a large request never stalls the event loop."""
-
-        def work() -> tuple[list[ChatMessage], int]:
-            prompt = fit_prompt(info, system=system, history=history, new=new, reserve=reserve)
-            return prompt, info.tokenizer.count_prompt(prompt)
-
-        prompt, used = await asyncio.to_thread(work)
-        self._check_prompt_cap(used)
-        return prompt, used
 
     async def _open(self, principal: Principal, holder: str) -> StreamSlot:
         return await self._admission.open_stream(principal, holder)
@@ -302,7 +229,7 @@ class SessionManager:
         tenant = principal.tenant
         if not content.strip():
             raise InvalidRequest("content must not be empty", param="content")
-        self._check_text(content, "content")
+        self._intake.check_text(content, "content")
         session = await self._store.get_session(tenant, session_id)
         info = self.model(session.model)
         if idempotency_key is not None:
@@ -315,18 +242,19 @@ class SessionManager:
             for m in await self._history(tenant, session_id)
             if m.status == "complete" or m.role == "user"
         ]
-        budget = self._budget(info, params)
         # Refuse before storing anything: a message that can never fit is a 400, not a turn.
-        prompt, used = await self._fit(
+        prompt = await self._intake.prompt(
             info,
             system=session.system_prompt,
             history=history,
             new=[ChatMessage(role="user", content=content)],
-            reserve=budget,
+            max_tokens=params.max_tokens,
         )
         await self._load.check_depth(self._queue, info.name)
         reply_id = new_id("msg")
-        slot, reservation = await self._admit(principal, used + budget, reply_id)
+        slot, reservation = await self._admit(
+            principal, prompt.tokens + prompt.reply_budget, reply_id
+        )
         try:
             request_id_var.set(reply_id)
             user_message, created = await self._store.add_user_message(
@@ -343,8 +271,8 @@ class SessionManager:
                 turn = Turn(session, user_message, earlier_id, False, reservation.headers)
                 relay = self._relays.open(principal, session_id, earlier_id, info.name, None, slot)
                 return turn, relay
-            await self._cache.append(self._cache_key(tenant, session_id), user_message)
-            job = self._job(principal, reply_id, info.name, prompt, params, session_id)
+            await self._cache.append(session_key(tenant, session_id), user_message)
+            job = self._job(principal, reply_id, info.name, prompt.messages, params, session_id)
             await self._publish(job, reservation)
         except BaseException:
             await self._admission.settle(reservation, 0)
@@ -401,22 +329,20 @@ class SessionManager:
     ) -> Relay:
         """Queue a stateless (OpenAI-style) completion; returns the relay of its reply."""
         info = self.model(model)
-        if not messages:
-            raise InvalidRequest("messages must not be empty", param="messages")
-        self._check_messages(messages)
+        self._intake.check_messages(messages)
         self._load.check(info.name)
-        budget = self._budget(info, params)
-        prompt, used = await self._fit(
-            info, system=None, history=[], new=list(messages), reserve=budget
+        prompt = await self._intake.prompt(
+            info, system=None, history=[], new=list(messages), max_tokens=params.max_tokens
         )
         await self._load.check_depth(self._queue, info.name)
         request_id = new_id("chatcmpl")
         request_id_var.set(request_id)
-        slot, reservation = await self._admit(principal, used + budget, request_id)
+        slot, reservation = await self._admit(
+            principal, prompt.tokens + prompt.reply_budget, request_id
+        )
         try:
-            await self._publish(
-                self._job(principal, request_id, info.name, prompt, params, None), reservation
-            )
+            job = self._job(principal, request_id, info.name, prompt.messages, params, None)
+            await self._publish(job, reservation)
         except BaseException:
             await self._admission.settle(reservation, 0)
             await self._admission.close_stream(slot)
@@ -496,70 +422,12 @@ class SessionManager:
         await self._streams.cancel(stream_name(principal.tenant, reply_id))
         return True
 
-    async def _cancel(self, tenant: str, request_id: str) -> None:
-        await self._streams.cancel(stream_name(tenant, request_id))
-
-    async def _store_reply(
-        self, tenant: str, session_id: str, reply_id: str, model: str, event: StreamEvent
-    ) -> MessageRecord | None:
-        """Store the reply now (the completion consumer would too: one of them wins) so
-        that the history read right after the final event already has it."""
-        completion = Completion(
-            request_id=reply_id,
-            session_id=session_id,
-            tenant=tenant,
-            model=model,
-            text=event.text,
-            finish_reason=event.finish_reason or FinishReason.ERROR,
-            usage=event.usage or Usage(),
-            error_code=event.error_code,
-            error_message=event.error_message,
-        )
-        stored = await self.record(completion)
-        return stored or await self._store.get_message(tenant, session_id, reply_id)
-
-    # -- completions ------------------------------------------------------------------
-
     async def record(self, completion: Completion) -> MessageRecord | None:
-        """Store a finished reply (no-op if stored before) and add it to the cache."""
-        if completion.session_id is None:
-            return None
-        status = _status(completion.finish_reason)
-        stored = await self._store.add_assistant_message(
-            AssistantReply(
-                id=completion.request_id,
-                tenant=completion.tenant,
-                session_id=completion.session_id,
-                content=completion.text,
-                status=status,
-                finish_reason=completion.finish_reason,
-                prompt_tokens=completion.usage.prompt_tokens,
-                completion_tokens=completion.usage.completion_tokens,
-                error_code=completion.error_code,
-            )
-        )
-        if stored is not None:
-            metrics.REPLIES_STORED.labels(status).inc()
-            key = self._cache_key(completion.tenant, completion.session_id)
-            await self._cache.append(key, stored)
-        return stored
+        """Store a finished reply exactly once (see ``Replies``)."""
+        return await self._replies.record(completion)
 
     async def consume_completions(self) -> None:
-        """Store every reply whose relay did not (its replica died, its client left).
-        Runs for the life of the process, on every replica, in one consumer group."""
-        while True:
-            try:
-                batch = await self._streams.read_completions(
-                    COMPLETION_GROUP, self._consumer_name, timeout_s=5.0
-                )
-                for completion_id, completion in batch:
-                    await self.record(completion)
-                    await self._streams.ack_completion(COMPLETION_GROUP, completion_id)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("storing completions failed; retrying")
-                await asyncio.sleep(1.0)
+        await self._replies.consume()
 
     async def close(self) -> None:
         await self._relays.close()

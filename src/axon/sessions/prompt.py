@@ -34,7 +34,19 @@ def fit_prompt(
     new: Sequence[ChatMessage],
     reserve: int,
 ) -> list[ChatMessage]:
-    """Return ``[system] + newest history that fits + new``.
+    """Return ``[system] + newest history that fits + new`` (see ``fit_and_count``)."""
+    return fit_and_count(info, system=system, history=history, new=new, reserve=reserve)[0]
+
+
+def fit_and_count(
+    info: ModelInfo,
+    *,
+    system: str | None,
+    history: Sequence[ChatMessage],
+    new: Sequence[ChatMessage],
+    reserve: int,
+) -> tuple[list[ChatMessage], int]:
+    """Return ``[system] + newest history that fits + new``, and its token count.
 
     ``new`` must fit (with the system prompt) in ``context_window - reserve``, else
     ``ContextWindowExceeded``. History is dropped oldest first, a whole message at a time,
@@ -66,12 +78,17 @@ def fit_prompt(
         start -= 1
     start = _question_at_or_after(history, start)
     prompt = [*head, *history[start:], *tail]
-    # The per-message costs are exact for ChatML, but check the real total once and
-    # drop further turns if a template joins messages differently.
-    if start < len(history) and tokenizer.count_prompt(prompt) > budget:
+    if start == len(history):
+        return prompt, used  # no history: the required part, counted above
+    # The per-message costs are exact for ChatML, but count the real total once (the
+    # caller reserves it against rate limits) and drop further turns if a template joins
+    # messages differently.
+    used = tokenizer.count_prompt(prompt)
+    if used > budget:
         start = _drop_until_it_fits(info, head, history, tail, start, budget)
         prompt = [*head, *history[start:], *tail]
-    return prompt
+        used = tokenizer.count_prompt(prompt)
+    return prompt, used
 
 
 def _question_at_or_after(history: Sequence[ChatMessage], start: int) -> int:
