@@ -145,11 +145,14 @@ class Relays:
 
         async def events() -> AsyncIterator[Relayed]:
             self._load.waiting(request_id, model)
+            waiting = True
             try:
                 async for item in self._entries(stream_name(tenant, request_id), after, measure):
+                    if item is not None and waiting:
+                        # Once per relay, not per entry: this loop is the per-token path.
+                        self._load.started(request_id)
+                        waiting = False
                     if item is None or not item[1].final:
-                        if item is not None:
-                            self._load.started(request_id)
                         yield item
                         continue
                     message = None

@@ -187,3 +187,28 @@ async def test_a_keys_own_stream_cap_applies_to_that_key_alone(tmp_path: Path) -
         assert "at most 1 at once" in refused.json()["error"]["message"]
         assert (await client.post("/v1/chat/completions", json=CHAT, headers=other)).is_success
         assert (await running).status_code == 200
+
+
+def _counter(metrics_text: str, sample: str) -> float:
+    for line in metrics_text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_a_refusal_is_counted_and_logged_with_its_tenant_never_the_key(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sample = 'axon_rate_limited_total{limit="key_requests"}'
+    async with serve(tmp_path, auth=auth()) as client:
+        headers = await key(client, "acme", requests_per_minute=1)
+        before = _counter((await client.get("/metrics")).text, sample)
+        await client.post("/v1/chat/completions", json=CHAT, headers=headers)
+        with caplog.at_level("INFO"):
+            refused = await client.post("/v1/chat/completions", json=CHAT, headers=headers)
+        assert refused.status_code == 429
+        assert _counter((await client.get("/metrics")).text, sample) == before + 1
+    lines = [r for r in caplog.records if r.getMessage() == "request refused"]
+    assert [(r.reason, r.tenant) for r in lines] == [("rate_limit_exceeded", "acme")]  # type: ignore[attr-defined]
+    secret = headers["Authorization"].split()[1]
+    assert all(secret not in r.getMessage() + str(r.__dict__) for r in caplog.records)

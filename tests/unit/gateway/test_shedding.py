@@ -13,10 +13,18 @@ import httpx
 
 from axon.cli.run import embedded_app
 from axon.config import EngineSettings, LimitSettings, Settings
+from axon.observability import metrics
 from axon.worker.engines.fake import FakeEngine
 from support.sse import parse
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
+
+
+def _counter(sample: str) -> float:
+    for line in metrics.render()[0].decode().splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 @asynccontextmanager
@@ -41,6 +49,7 @@ async def test_requests_past_the_queue_depth_are_shed_and_the_rest_finish(
     tmp_path: Path,
 ) -> None:
     limits = LimitSettings(max_queue_depth=2, max_queue_wait_s=0)
+    counted_before = _counter('axon_shed_total{reason="queue_depth"}')
     async with serve(tmp_path, limits) as client:
         answers = []
         for _ in range(6):
@@ -54,7 +63,8 @@ async def test_requests_past_the_queue_depth_are_shed_and_the_rest_finish(
     for r in shed:
         assert r.json()["error"]["code"] == "overloaded"
         assert int(r.headers["retry-after"]) >= 1
-    # Everything accepted was answered in full.
+    # Everything accepted was answered in full, and every shed request was counted.
+    assert _counter('axon_shed_total{reason="queue_depth"}') == counted_before + len(shed)
     assert all(r.json()["choices"][0]["finish_reason"] == "stop" for r in done if r.is_success)
 
 
