@@ -7,40 +7,39 @@ from collections.abc import Sequence
 
 from axon.ratelimit.base import Decision, Limit, RateLimiter, window_of
 
-#: Past this many live counters, stale windows are dropped so keys cannot grow forever.
+#: Past this many live counters, ended windows are dropped so keys cannot grow forever.
 _MAX_KEYS = 100_000
 
 
 class MemoryRateLimiter(RateLimiter):
     def __init__(self) -> None:
-        self._counts: dict[tuple[str, int], int] = {}
+        #: (key, window) -> (count, when the window ends)
+        self._counts: dict[tuple[str, int], tuple[int, float]] = {}
         self._leases: dict[str, dict[str, float]] = {}
 
-    def _prune(self, now: float) -> None:
-        if len(self._counts) > _MAX_KEYS:
-            # Keep only windows that might still be current (the longest window is a day).
-            self._counts = {
-                k: v for k, v in self._counts.items() if k[1] >= window_of(86400.0, now) - 1
-            }
+    def _used(self, key: str, window: int) -> int:
+        return self._counts.get((key, window), (0, 0.0))[0]
 
     async def admit(self, limits: Sequence[Limit]) -> Decision:
         now = time.time()
-        self._prune(now)
+        if len(self._counts) > _MAX_KEYS:
+            self._counts = {k: v for k, v in self._counts.items() if v[1] > now}
         windows = tuple(window_of(lim.window_s, now) for lim in limits)
-        used = [self._counts.get((lim.key, w), 0) for lim, w in zip(limits, windows, strict=True)]
+        used = [self._used(lim.key, w) for lim, w in zip(limits, windows, strict=True)]
         for i, lim in enumerate(limits):
             if used[i] + lim.cost > lim.limit:
                 retry = (windows[i] + 1) * lim.window_s - now
                 remaining = tuple(max(0, x.limit - u) for x, u in zip(limits, used, strict=True))
                 return Decision(False, remaining, retry, i, windows)
         for lim, w, u in zip(limits, windows, used, strict=True):
-            self._counts[(lim.key, w)] = u + lim.cost
+            self._counts[(lim.key, w)] = (u + lim.cost, (w + 1) * lim.window_s)
         remaining = tuple(max(0, x.limit - u - x.cost) for x, u in zip(limits, used, strict=True))
         return Decision(True, remaining, 0.0, None, windows)
 
     async def adjust(self, key: str, window_s: float, window: int, delta: int) -> None:
-        if (key, window) in self._counts:
-            self._counts[(key, window)] = max(0, self._counts[(key, window)] + delta)
+        found = self._counts.get((key, window))
+        if found is not None:
+            self._counts[(key, window)] = (max(0, found[0] + delta), found[1])
 
     async def acquire(self, key: str, limit: int, holder: str, lease_s: float) -> bool:
         now = time.monotonic()
