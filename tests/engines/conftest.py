@@ -8,22 +8,13 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from axon.core.errors import ConfigError
-from axon.models.gguf import default_model_path
 from axon.worker.engines.llamacpp import LlamaCppEngine
-from support.services import missing
+from support.model import bundled_model
 
 
 @pytest.fixture(scope="session")
 def model_path() -> Path:
-    """The bundled GGUF; both packages are core dependencies, so only a local checkout
-    without them skips, and CI fails."""
-    try:
-        import llama_cpp  # noqa: F401
-
-        return default_model_path()
-    except (ImportError, ConfigError) as exc:
-        missing(f"the bundled model cannot run here: {exc}")
+    return bundled_model()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

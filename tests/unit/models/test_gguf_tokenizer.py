@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from axon.core.errors import ConfigError, InvalidRequest
+from axon.core.errors import InvalidRequest
 from axon.core.types import ChatMessage
 from axon.models.base import ModelInfo, Tokenizer
-from axon.models.gguf import GgufTokenizer, default_model_path
+from axon.models.gguf import GgufTokenizer
 from axon.sessions.prompt import fit_prompt
-from support.services import missing
+from support.model import bundled_model
 
 CONVERSATION = [
     ChatMessage(role="system", content="You answer in one word."),
@@ -30,14 +30,7 @@ MANY = 4000
 
 @pytest.fixture(scope="module")
 def model_path() -> Path:
-    """The bundled GGUF; both packages are core dependencies, so only a local checkout
-    without them skips, and CI fails."""
-    try:
-        import llama_cpp  # noqa: F401
-
-        return default_model_path()
-    except (ImportError, ConfigError) as exc:
-        missing(f"the bundled model cannot run here: {exc}")
+    return bundled_model()
 
 
 @pytest.fixture(scope="module")
