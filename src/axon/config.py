@@ -168,10 +168,30 @@ class StreamSettings(BaseModel):
 
 class QueueSettings(BaseModel):
     delivery_limit: int = Field(
-        3, description="Deliveries of one job before it is dead-lettered as poison."
+        3,
+        description="Attempts at one job (failed, or died with their worker) before it "
+        "ends with an error as poison.",
     )
     publish_timeout_s: float = Field(
         5.0, description="Longest a publish may wait for the broker before the request fails."
+    )
+
+
+class WorkerSettings(BaseModel):
+    lease_s: float = Field(
+        10.0,
+        description="A worker that stops renewing a reply's lease (paused, partitioned) "
+        "loses the reply to another worker after this long.",
+    )
+    redis_outage_s: float = Field(
+        30.0,
+        description="A Redis outage shorter than this delays replies but fails none; "
+        "after it, running jobs are handed back to the queue.",
+    )
+    stop_grace_s: float = Field(
+        20.0,
+        description="On SIGTERM, running replies get this long to finish before they are "
+        "handed to another worker, which continues them.",
     )
 
 
@@ -331,6 +351,7 @@ class Settings(BaseSettings):
     store: StoreSettings = Field(default_factory=StoreSettings)
     stream: StreamSettings = Field(default_factory=StreamSettings)
     queue: QueueSettings = Field(default_factory=QueueSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
     backends: BackendSettings = Field(default_factory=BackendSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)

@@ -14,7 +14,7 @@ from redis.backoff import NoBackoff
 
 from axon.core.errors import Unavailable
 from axon.core.types import Completion, EventKind, FinishReason, StreamEvent, Usage
-from axon.streaming.base import TokenStreams, parse_id
+from axon.streaming.base import ClaimState, Fence, Fenced, TokenStreams, parse_id
 from axon.streaming.redis import RedisTokenStreams
 
 
@@ -106,6 +106,64 @@ async def test_cancel_flag(streams: TokenStreams) -> None:
 
     assert await streams.is_cancelled(rid)
     assert not await streams.is_cancelled(other)
+
+
+async def test_only_the_current_attempt_may_write(streams: TokenStreams) -> None:
+    rid = new_request()
+    first = await streams.claim(rid, "{}", lease_s=0.2)
+    assert (first.state, first.attempt, first.failures) == (ClaimState.OWNED, 1, 0)
+    await streams.append(rid, [tokens("a")], Fence(first.attempt, 0))
+
+    # A duplicate delivery while the lease is live waits; once the lease lapses (the first
+    # worker stopped renewing it), the next claim takes over and counts the failure.
+    assert (await streams.claim(rid, "{}", lease_s=0.2)).state is ClaimState.BUSY
+    await asyncio.sleep(0.3)
+    second = await streams.claim(rid, "{}", lease_s=5)
+    assert (second.state, second.attempt, second.failures) == (ClaimState.OWNED, 2, 1)
+
+    with pytest.raises(Fenced):
+        await streams.append(rid, [tokens("stale")], Fence(first.attempt, 1))
+    assert await streams.renew([(rid, first.attempt), (rid, second.attempt)], 5) == {rid}
+    await streams.append(rid, [tokens("b")], Fence(second.attempt, 1))
+    await streams.append(rid, [DONE], Fence(second.attempt, 2))
+    assert [e.text for _, e in await streams.read(rid)] == ["a", "b", "abc"]
+    assert (await streams.claim(rid, "{}", lease_s=5)).state is ClaimState.FINISHED
+
+
+async def test_a_retried_batch_is_not_written_twice(streams: TokenStreams) -> None:
+    rid = new_request()
+    claim = await streams.claim(rid, "{}", lease_s=5)
+    await streams.append(rid, [tokens("ab")], Fence(claim.attempt, 0))
+    # The same batch again (its reply was lost on the way back): a no-op.
+    await streams.append(rid, [tokens("ab")], Fence(claim.attempt, 0))
+    await streams.append(rid, [tokens("c")], Fence(claim.attempt, 2))
+    assert [e.text for _, e in await streams.read(rid)] == ["ab", "c"]
+
+
+async def test_release_hands_back_without_counting_unless_failed(streams: TokenStreams) -> None:
+    rid = new_request()
+    first = await streams.claim(rid, "{}", lease_s=5)
+    await streams.release(rid, first.attempt, failed=False)
+    second = await streams.claim(rid, "{}", lease_s=5)
+    assert (second.state, second.failures) == (ClaimState.OWNED, 0)
+    await streams.release(rid, second.attempt, failed=True)
+    third = await streams.claim(rid, "{}", lease_s=5)
+    assert (third.attempt, third.failures) == (3, 1)
+
+
+async def test_expired_leases_are_taken_once_and_fenced(streams: TokenStreams) -> None:
+    rid = new_request()
+    claim = await streams.claim(rid, '{"job": 1}', lease_s=0.1)
+    await asyncio.sleep(0.2)
+
+    taken = await streams.take_expired()
+    assert '{"job": 1}' in taken
+    assert '{"job": 1}' not in await streams.take_expired()
+    with pytest.raises(Fenced):
+        await streams.append(rid, [tokens("late")], Fence(claim.attempt, 0))
+    # The job published again is claimed at once: the lapsed attempt counted as failed.
+    again = await streams.claim(rid, "{}", lease_s=5)
+    assert (again.state, again.failures) == (ClaimState.OWNED, 1)
 
 
 async def test_consumers_of_one_group_get_distinct_completions(streams: TokenStreams) -> None:

@@ -15,7 +15,7 @@ from axon.config import EngineSettings, Settings
 from axon.core.errors import ConfigError
 from axon.gateway.services import Check, Services
 from axon.models.base import ModelInfo
-from axon.queue.base import JobQueue
+from axon.queue.base import BACKSTOP_DELIVERY_LIMIT, JobQueue
 from axon.ratelimit.base import RateLimiter
 from axon.sessions.admission import Admission
 from axon.sessions.cache import NoCache, SessionCache
@@ -24,6 +24,7 @@ from axon.sessions.manager import SessionManager
 from axon.sessions.store import SessionStore
 from axon.streaming.base import TokenStreams
 from axon.worker.engines.base import Engine
+from axon.worker.job import JobSettings
 from axon.worker.runner import Worker
 
 
@@ -100,12 +101,13 @@ class Backends:
         if b.queue == "memory":
             from axon.queue.memory import MemoryJobQueue
 
-            return MemoryJobQueue(delivery_limit=q.delivery_limit)
+            return MemoryJobQueue()
         rabbitmq = _require("axon.queue.rabbitmq", "distributed")
         queue: JobQueue = rabbitmq.RabbitMQJobQueue(
             b.rabbitmq_url,
             prefix=b.rabbitmq_prefix,
-            delivery_limit=q.delivery_limit,
+            # Workers enforce ``q.delivery_limit`` themselves; the broker's is a backstop.
+            delivery_limit=BACKSTOP_DELIVERY_LIMIT,
             publish_timeout_s=q.publish_timeout_s,
         )
         await queue.start()
@@ -262,13 +264,20 @@ def served_models(settings: Settings) -> dict[str, ModelInfo]:
 
 
 def worker(settings: Settings, engine: Engine, queue: JobQueue, streams: TokenStreams) -> Worker:
+    w = settings.worker
     return Worker(
         engine=engine,
         queue=queue,
         streams=streams,
-        settings=settings.stream,
+        settings=JobSettings(
+            stream=settings.stream,
+            lease_s=w.lease_s,
+            delivery_limit=settings.queue.delivery_limit,
+            outage_s=w.redis_outage_s,
+        ),
         capacity=settings.engine.capacity,
         max_queue_wait_s=settings.limits.max_queue_wait_s,
+        stop_grace_s=w.stop_grace_s,
     )
 
 

@@ -85,5 +85,6 @@ async def run_worker(settings: Settings) -> None:
         "model": build.model_loaded(engine),
         "queue": queue.ping,
         "streams": streams.ping,
+        "worker": worker.ready,
     }
     await serve_http(create_ops_app(checks, lifespan), settings)

@@ -35,7 +35,7 @@ async def embedded_app(settings: Settings, engine: Engine | None = None) -> Fast
     )
     queue = await backends.queue()
     worker = build.worker(settings, engine, queue, backends.streams())
-    checks = {"model": build.model_loaded(engine), **manager.checks()}
+    checks = {"model": build.model_loaded(engine), "worker": worker.ready, **manager.checks()}
     services = await build.services(backends, manager, checks)
 
     @asynccontextmanager

@@ -70,7 +70,8 @@ JOBS_PUBLISHED = Counter(
 )
 JOBS_FINISHED = Counter(
     "axon_jobs_finished_total",
-    "Jobs a worker settled, by outcome (stop, length, cancelled, error, retried, dead).",
+    "Jobs a worker settled, by outcome (stop, length, cancelled, error, retried, dead, "
+    "handed_back, fenced, duplicate).",
     ["model", "outcome"],
     registry=REGISTRY,
 )
@@ -140,6 +141,18 @@ QUEUE_EXPIRED = Counter(
     "axon_jobs_expired_in_queue_total",
     "Jobs that waited longer than the queue-wait limit and were failed instead of run.",
     ["model"],
+    registry=REGISTRY,
+)
+
+FENCED_WRITES = Counter(
+    "axon_fenced_writes_total",
+    "Token batches a stale attempt tried to write after another attempt took its reply over.",
+    ["model"],
+    registry=REGISTRY,
+)
+TAKEOVERS = Counter(
+    "axon_lease_takeovers_total",
+    "Replies whose worker stopped renewing its lease, published again for another worker.",
     registry=REGISTRY,
 )
 

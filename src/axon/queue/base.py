@@ -7,6 +7,11 @@ from collections.abc import AsyncIterator
 
 from axon.core.types import Job
 
+#: The queue's own delivery limit as deployed. Handbacks (shutdown, outages, duplicates
+#: waiting for a live attempt) requeue a job without it failing; only far more requeues
+#: than any worker makes mean a job nobody can settle.
+BACKSTOP_DELIVERY_LIMIT = 50
+
 
 class Delivery(abc.ABC):
     """One delivery of a job. Exactly one of ``ack``, ``retry`` or ``reject`` must be called."""
@@ -31,8 +36,10 @@ class Delivery(abc.ABC):
 
 class JobQueue(abc.ABC):
     """One queue per model. Jobs are persistent; a job a worker took but did not ack (the
-    worker died) is delivered again; after ``delivery_limit`` deliveries it goes to the
-    model's dead-letter queue."""
+    worker died) is delivered again. Workers count a job's failed attempts themselves (in
+    the reply's lease) and end a poison job with an error; the queue's own delivery limit,
+    which differs between broker versions, is only a backstop that dead-letters a job
+    handed back far more often than any worker would."""
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Connect now, so a misconfigured broker fails at startup rather than on the

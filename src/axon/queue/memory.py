@@ -1,5 +1,6 @@
 """In-process job queue for the embedded default and unit tests: same semantics as the
-RabbitMQ backend (prefetch, redelivery, delivery limit, dead letters), no durability."""
+RabbitMQ backend (prefetch, redelivery, a backstop delivery limit, dead letters), no
+durability."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 
 from axon.core.types import Job
-from axon.queue.base import Delivery, JobQueue
+from axon.queue.base import BACKSTOP_DELIVERY_LIMIT, Delivery, JobQueue
 
 
 class _MemoryDelivery(Delivery):
@@ -40,7 +41,10 @@ class _MemoryDelivery(Delivery):
 
 
 class MemoryJobQueue(JobQueue):
-    def __init__(self, delivery_limit: int = 3) -> None:
+    """``delivery_limit`` is a backstop, as the broker's is: workers count a job's failed
+    attempts themselves and end it with an error before this is reached."""
+
+    def __init__(self, delivery_limit: int = BACKSTOP_DELIVERY_LIMIT) -> None:
         self.delivery_limit = delivery_limit
         self._ready: defaultdict[str, asyncio.Queue[tuple[Job, int]]] = defaultdict(asyncio.Queue)
         self._dead: defaultdict[str, asyncio.Queue[tuple[Job, int]]] = defaultdict(asyncio.Queue)

@@ -34,18 +34,47 @@ _DEAD_LETTER_PREFETCH = 16
 _RESUME_DELAY_S = 1.0
 
 
+class _Unsettled:
+    """Deliveries of one consumer not yet settled. Its channel is closed only once they
+    are (or a bound passes): closing it earlier would return running jobs to the queue
+    while their worker still writes them."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._none = asyncio.Event()
+        self._none.set()
+
+    def add(self) -> None:
+        self.count += 1
+        self._none.clear()
+
+    def done(self) -> None:
+        self.count -= 1
+        if self.count <= 0:
+            self._none.set()
+
+    async def settled(self, within_s: float) -> None:
+        with suppress(TimeoutError):
+            async with asyncio.timeout(within_s):
+                await self._none.wait()
+
+
 class _RabbitDelivery(Delivery):
-    def __init__(self, message: AbstractIncomingMessage, job: Job, attempt: int) -> None:
+    def __init__(
+        self, message: AbstractIncomingMessage, job: Job, attempt: int, unsettled: _Unsettled
+    ) -> None:
         self._message = message
         self.job = job
         self.attempt = attempt
+        self._unsettled = unsettled
+        unsettled.add()
 
     async def ack(self) -> None:
         await self._settle("ack", self._message.ack())
 
     async def retry(self) -> None:
-        # The quorum queue counts this as a failed delivery and dead-letters the job once
-        # the count passes the limit: no bookkeeping on our side.
+        # Back to the queue, for any worker. The broker counts this toward its backstop
+        # limit; the job's real attempt count lives in its lease.
         await self._settle("retry", self._message.nack(requeue=True))
 
     async def reject(self) -> None:
@@ -62,6 +91,8 @@ class _RabbitDelivery(Delivery):
                 "job delivery not settled: its channel closed, the broker redelivers it",
                 extra={"action": action, "request_id": self.job.request_id},
             )
+        finally:
+            self._unsettled.done()
 
 
 class RabbitMQJobQueue(JobQueue):
@@ -87,12 +118,15 @@ class RabbitMQJobQueue(JobQueue):
         delivery_limit: int,
         publish_timeout_s: float,
         connect_timeout_s: float = 10.0,
+        drain_s: float = 60.0,
     ) -> None:
         self._url = url
         self._prefix = prefix
         self._delivery_limit = max(1, delivery_limit)
         self._publish_timeout_s = publish_timeout_s
         self._connect_timeout_s = connect_timeout_s
+        # Longest a stopping consumer keeps its channel for deliveries still running.
+        self._drain_s = drain_s
         self._connection: AbstractRobustConnection | None = None
         self._publisher: AbstractRobustChannel | None = None
         self._published_to: set[str] = set()
@@ -110,7 +144,9 @@ class RabbitMQJobQueue(JobQueue):
             "x-queue-type": "quorum",
             # The broker counts *failed* deliveries (nack with requeue, or a consumer's
             # channel closing with the job unacked) and dead-letters a job once that count
-            # exceeds the limit, so allowing N deliveries means a limit of N - 1.
+            # exceeds the limit, so allowing N deliveries means a limit of N - 1. Workers
+            # count a job's own failures themselves (3.x counts every requeue, 4.x only
+            # some), so the deployed limit is a backstop (``BACKSTOP_DELIVERY_LIMIT``).
             "x-delivery-limit": self._delivery_limit - 1,
             "x-dead-letter-exchange": "",
             "x-dead-letter-routing-key": self.dead_queue(model),
@@ -221,10 +257,12 @@ class RabbitMQJobQueue(JobQueue):
 
     @asynccontextmanager
     async def _consumer(
-        self, model: str, *, dead: bool, prefetch: int
+        self, model: str, *, dead: bool, prefetch: int, unsettled: _Unsettled
     ) -> AsyncIterator[AbstractQueueIterator]:
-        """A channel of its own (so prefetch applies to this consumer alone), closed on exit
-        so that unacknowledged deliveries go back to the queue at once."""
+        """A channel of its own (so prefetch applies to this consumer alone). On exit the
+        consumer is cancelled first (no new deliveries; buffered ones go back), and the
+        channel closes once the deliveries in hand are settled, within a bound, after
+        which the broker returns the rest to the queue."""
         connection = await self._connect()
         channel = connection.channel()
         try:
@@ -236,16 +274,18 @@ class RabbitMQJobQueue(JobQueue):
         except CONNECTION_EXCEPTIONS as exc:
             raise QueueUnavailable("cannot consume from RabbitMQ") from exc
         finally:
+            await unsettled.settled(self._drain_s)
             with suppress(*CONNECTION_EXCEPTIONS):
                 await channel.close()
 
     async def _messages(
-        self, model: str, *, dead: bool, prefetch: int
+        self, model: str, *, dead: bool, prefetch: int, unsettled: _Unsettled
     ) -> AsyncGenerator[AbstractIncomingMessage, None]:
         """Messages until ``close()``. aio-pika's iterator survives a reconnect, but gives up
         when the channel is not restored within its own limit (60 s): then start over."""
         while True:
-            async with self._consumer(model, dead=dead, prefetch=prefetch) as messages:
+            consumer = self._consumer(model, dead=dead, prefetch=prefetch, unsettled=unsettled)
+            async with consumer as messages:
                 async for message in messages:
                     yield message
             if self._closed:
@@ -267,27 +307,32 @@ class RabbitMQJobQueue(JobQueue):
     async def consume(self, model: str, prefetch: int) -> AsyncIterator[Delivery]:
         # aclosing: when the caller stops iterating, the channel must close now (returning
         # its unacknowledged jobs), not whenever the inner generator is collected.
-        async with aclosing(self._messages(model, dead=False, prefetch=prefetch)) as messages:
+        unsettled = _Unsettled()
+        messages = self._messages(model, dead=False, prefetch=prefetch, unsettled=unsettled)
+        async with aclosing(messages):
             async for message in messages:
                 if (job := await self._decode(message)) is None:
                     continue
                 # The quorum queue sets x-delivery-count to the failed deliveries so far.
                 count = message.headers.get("x-delivery-count")
                 attempt = int(count) + 1 if isinstance(count, int) else 1
-                yield _RabbitDelivery(message, job, attempt)
+                yield _RabbitDelivery(message, job, attempt, unsettled)
 
     async def dead_letters(self, model: str) -> AsyncIterator[Delivery]:
         """Dead-lettered jobs. ``attempt`` is the delivery limit when the broker gave up on
         the job, and 1 when a worker rejected it (the broker keeps no count for that).
         ``retry`` puts a dead letter back on the dead-letter queue; ``reject`` drops it."""
-        dead_letters = self._messages(model, dead=True, prefetch=_DEAD_LETTER_PREFETCH)
+        unsettled = _Unsettled()
+        dead_letters = self._messages(
+            model, dead=True, prefetch=_DEAD_LETTER_PREFETCH, unsettled=unsettled
+        )
         async with aclosing(dead_letters) as messages:
             async for message in messages:
                 if (job := await self._decode(message)) is None:
                     continue
                 reason = message.headers.get("x-first-death-reason")
                 attempt = self._delivery_limit if reason == "delivery_limit" else 1
-                yield _RabbitDelivery(message, job, attempt)
+                yield _RabbitDelivery(message, job, attempt, unsettled)
 
     async def ping(self) -> None:
         try:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from axon.core.types import Completion, StreamEvent
-from axon.streaming.base import Entry, TokenStreams, parse_id
+from axon.streaming.base import Claim, ClaimState, Entry, Fence, Fenced, TokenStreams, parse_id
 
 
 @dataclass
@@ -19,11 +19,23 @@ class _Stream:
     last: tuple[int, int] = (0, 0)
 
 
+@dataclass
+class _Lease:
+    attempt: int = 0
+    failures: int = 0
+    open: bool = False
+    final: bool = False
+    offset: int = 0
+    job: str = ""
+    expires_at: float = 0.0
+
+
 class MemoryTokenStreams(TokenStreams):
     def __init__(self, ttl_s: float = 600.0, maxlen: int = 10_000) -> None:
         self.ttl_s = ttl_s
         self.maxlen = maxlen
         self._streams: dict[str, _Stream] = {}
+        self._leases: dict[str, _Lease] = {}
         self._cancelled: dict[str, float] = {}
         self._completions: list[tuple[str, Completion]] = []
         self._completion_seq = 0
@@ -37,6 +49,7 @@ class MemoryTokenStreams(TokenStreams):
         now = time.monotonic()
         for key in [k for k, s in self._streams.items() if s.expires_at and s.expires_at < now]:
             del self._streams[key]
+            self._leases.pop(key, None)
         for key in [k for k, t in self._cancelled.items() if t < now]:
             del self._cancelled[key]
 
@@ -46,8 +59,25 @@ class MemoryTokenStreams(TokenStreams):
         stream.last = (ms, 0) if ms > last_ms else (last_ms, last_seq + 1)
         return f"{stream.last[0]}-{stream.last[1]}"
 
-    async def append(self, request_id: str, events: Sequence[StreamEvent]) -> str:
+    async def append(
+        self,
+        request_id: str,
+        events: Sequence[StreamEvent],
+        fence: Fence | None = None,
+        completion: Completion | None = None,
+    ) -> str:
         self._expire()
+        lease = self._leases.setdefault(request_id, _Lease())
+        final = any(event.final for event in events)
+        if fence is not None:
+            if lease.attempt != fence.attempt:
+                raise Fenced(request_id)
+            if lease.final or (not final and fence.offset < lease.offset):
+                return ""
+            if not final:
+                lease.offset += sum(len(e.text.encode()) for e in events if not e.final)
+        if final:
+            lease.final, lease.open = True, False
         stream = self._streams.setdefault(request_id, _Stream())
         last = ""
         for event in events:
@@ -55,6 +85,8 @@ class MemoryTokenStreams(TokenStreams):
             stream.entries.append((last, event))
             if event.final:
                 stream.expires_at = time.monotonic() + self.ttl_s
+        if completion is not None:
+            await self.publish_completion(completion)
         del stream.entries[: max(0, len(stream.entries) - self.maxlen)]
         stream.changed.set()
         stream.changed = asyncio.Event()
@@ -79,6 +111,49 @@ class MemoryTokenStreams(TokenStreams):
         except TimeoutError:
             return []
         return self._after(stream, after)
+
+    async def claim(self, request_id: str, job: str, lease_s: float) -> Claim:
+        lease = self._leases.setdefault(request_id, _Lease())
+        now = time.monotonic()
+        if lease.final:
+            return Claim(ClaimState.FINISHED)
+        if lease.open:
+            if lease.expires_at > now:
+                return Claim(ClaimState.BUSY, failures=lease.failures)
+            lease.failures += 1
+        lease.attempt += 1
+        lease.open, lease.job, lease.expires_at = True, job, now + lease_s
+        return Claim(ClaimState.OWNED, lease.attempt, lease.failures)
+
+    async def renew(self, leases: Sequence[tuple[str, int]], lease_s: float) -> set[str]:
+        fenced: set[str] = set()
+        for request_id, attempt in leases:
+            lease = self._leases.get(request_id)
+            if lease is not None and lease.open and lease.attempt == attempt:
+                lease.expires_at = time.monotonic() + lease_s
+            else:
+                fenced.add(request_id)
+        return fenced
+
+    async def release(self, request_id: str, attempt: int, *, failed: bool) -> None:
+        lease = self._leases.get(request_id)
+        if lease is None or not lease.open or lease.attempt != attempt:
+            return
+        lease.open = False
+        lease.failures += int(failed)
+
+    async def take_expired(self, limit: int = 32) -> list[str]:
+        now = time.monotonic()
+        jobs: list[str] = []
+        for lease in self._leases.values():
+            if len(jobs) >= limit:
+                break
+            if lease.open and lease.expires_at <= now:
+                lease.attempt += 1
+                lease.failures += 1
+                lease.open = False
+                jobs.append(lease.job)
+        return jobs
 
     async def cancel(self, request_id: str) -> None:
         self._cancelled[request_id] = time.monotonic() + self.ttl_s

@@ -1,5 +1,9 @@
-"""Token streams on Redis Streams: one stream per request, a cancel flag per request, and one
-completion stream that session managers read through a consumer group."""
+"""Token streams on Redis Streams: one stream per request, a cancel flag and a lease per
+request, and one completion stream that session managers read through a consumer group.
+
+Leases, fencing and takeover are Lua scripts: each check and the write it guards are one
+atomic step on the server, and the server's clock decides expiry, so workers' clocks may
+disagree."""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from redis.exceptions import ResponseError
 
 from axon.core.types import Completion, StreamEvent
 from axon.redis_client import unavailable
-from axon.streaming.base import Entry, TokenStreams
+from axon.streaming.base import Claim, ClaimState, Entry, Fence, Fenced, TokenStreams
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +26,108 @@ _EVENT, _EVENT_B = "e", b"e"
 _COMPLETION, _COMPLETION_B = "c", b"c"
 
 RawEntry = tuple[Any, dict[Any, Any] | None]
+
+_NOW_MS = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
+
+# KEYS: stream, lease, leases, completions. ARGV: attempt ('' when unfenced), offset, bytes,
+# final, maxlen, active ttl, final ttl, request id, completion ('' for none), completions
+# maxlen, events... Returns {status, id}: 1 written, 0 fenced, 2 already written (a retried
+# batch, or the reply already ended).
+_APPEND = """
+local fenced = ARGV[1] ~= ''
+if fenced then
+  if redis.call('HGET', KEYS[2], 'attempt') ~= ARGV[1] then return {0, ''} end
+  if redis.call('HGET', KEYS[2], 'final') == '1' then return {2, ''} end
+  local written = tonumber(redis.call('HGET', KEYS[2], 'offset') or '0')
+  if ARGV[4] == '0' and tonumber(ARGV[2]) < written then return {2, ''} end
+end
+local id = ''
+for i = 11, #ARGV do
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[5], '*', 'e', ARGV[i])
+end
+if ARGV[9] ~= '' then
+  redis.call('XADD', KEYS[4], 'MAXLEN', ARGV[10], '*', 'c', ARGV[9])
+end
+if ARGV[4] == '1' then
+  redis.call('EXPIRE', KEYS[1], ARGV[7])
+  redis.call('HSET', KEYS[2], 'final', '1', 'open', '0')
+  redis.call('EXPIRE', KEYS[2], ARGV[7])
+  redis.call('ZREM', KEYS[3], ARGV[8])
+else
+  redis.call('EXPIRE', KEYS[1], ARGV[6])
+  if fenced then redis.call('HINCRBY', KEYS[2], 'offset', ARGV[3]) end
+end
+return {1, id}
+"""
+
+# KEYS: lease, leases. ARGV: request id, job, lease ms, active ttl.
+_CLAIM = (
+    _NOW_MS
+    + """
+if redis.call('HGET', KEYS[1], 'final') == '1' then return {'finished', 0, 0} end
+local failures = tonumber(redis.call('HGET', KEYS[1], 'failures') or '0')
+if redis.call('HGET', KEYS[1], 'open') == '1' then
+  local expiry = redis.call('ZSCORE', KEYS[2], ARGV[1])
+  if expiry and tonumber(expiry) > now then return {'busy', 0, failures} end
+  -- The last attempt neither finished nor released: it died, and that counts.
+  failures = failures + 1
+end
+local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
+redis.call('HSET', KEYS[1], 'open', '1', 'failures', failures, 'job', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
+return {'owned', attempt, failures}
+"""
+)
+
+# KEYS: leases. ARGV: lease ms, lease key prefix, then (request id, attempt) pairs.
+_RENEW = (
+    _NOW_MS
+    + """
+local fenced = {}
+for i = 3, #ARGV, 2 do
+  local key = ARGV[2] .. ARGV[i]
+  local current = redis.call('HGET', key, 'attempt') == ARGV[i + 1]
+  if current and redis.call('HGET', key, 'open') == '1' then
+    redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[i])
+  else
+    table.insert(fenced, ARGV[i])
+  end
+end
+return fenced
+"""
+)
+
+# KEYS: lease, leases. ARGV: request id, attempt, failed ('1' or '0').
+_RELEASE = """
+if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[2] then return 0 end
+if redis.call('HGET', KEYS[1], 'open') ~= '1' then return 0 end
+redis.call('HSET', KEYS[1], 'open', '0')
+if ARGV[3] == '1' then redis.call('HINCRBY', KEYS[1], 'failures', 1) end
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"""
+
+# KEYS: leases. ARGV: limit, lease key prefix.
+_TAKE_EXPIRED = (
+    _NOW_MS
+    + """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+local jobs = {}
+for _, rid in ipairs(due) do
+  redis.call('ZREM', KEYS[1], rid)
+  local key = ARGV[2] .. rid
+  if redis.call('HGET', key, 'open') == '1' then
+    redis.call('HINCRBY', key, 'attempt', 1)
+    redis.call('HINCRBY', key, 'failures', 1)
+    redis.call('HSET', key, 'open', '0')
+    local job = redis.call('HGET', key, 'job')
+    if job then table.insert(jobs, job) end
+  end
+end
+return jobs
+"""
+)
 
 
 def _text(value: bytes | str) -> str:
@@ -83,6 +189,12 @@ class RedisTokenStreams(TokenStreams):
         self.claim_after_ms = claim_after_ms
         self._completions_maxlen = completions_maxlen
         self._completions_key = f"{prefix}completions"
+        self._leases_key = f"{prefix}leases"
+        self._append = client.register_script(_APPEND)
+        self._claim_script = client.register_script(_CLAIM)
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+        self._take_expired = client.register_script(_TAKE_EXPIRED)
         self._groups: set[str] = set()
         # XAUTOCLAIM scans the pending list a page at a time; keep each group's cursor so
         # that old entries deep in a long pending list are reached too.
@@ -94,22 +206,76 @@ class RedisTokenStreams(TokenStreams):
     def _cancel_key(self, request_id: str) -> str:
         return f"{self._prefix}cancel:{request_id}"
 
-    async def append(self, request_id: str, events: Sequence[StreamEvent]) -> str:
+    def _lease_key(self, request_id: str) -> str:
+        return f"{self._prefix}lease:{request_id}"
+
+    async def append(
+        self,
+        request_id: str,
+        events: Sequence[StreamEvent],
+        fence: Fence | None = None,
+        completion: Completion | None = None,
+    ) -> str:
         if not events:
             return ""
-        key = self._stream_key(request_id)
-        final = False
-        # One round trip. MULTI/EXEC costs next to nothing on top and makes the batch all or
-        # nothing: a connection lost mid-batch (which the client may retry) cannot leave
-        # half a batch behind to be written twice, and readers never see half a batch.
-        async with self._client.pipeline(transaction=True) as pipe:
-            for event in events:
-                pipe.xadd(key, {_EVENT: event.model_dump_json()}, maxlen=self._maxlen)
-                final = final or event.final
-            pipe.expire(key, self._ttl_s if final else self._active_ttl_s)
-            with unavailable():
-                results = await pipe.execute()
-        return _text(results[-2])
+        final = any(event.final for event in events)
+        text_bytes = sum(len(event.text.encode()) for event in events if not event.final)
+        # One script: the fence check and the batch are one atomic step, so a connection
+        # lost mid-batch cannot leave half a batch, readers never see half a batch, and a
+        # retried batch (its offset already passed) is not written twice.
+        args: list[Any] = [
+            "" if fence is None else fence.attempt,
+            0 if fence is None else fence.offset,
+            text_bytes,
+            int(final),
+            self._maxlen,
+            self._active_ttl_s,
+            self._ttl_s,
+            request_id,
+            "" if completion is None else completion.model_dump_json(),
+            self._completions_maxlen,
+            *(event.model_dump_json() for event in events),
+        ]
+        keys = [
+            self._stream_key(request_id),
+            self._lease_key(request_id),
+            self._leases_key,
+            self._completions_key,
+        ]
+        with unavailable():
+            status, entry_id = await self._append(keys=keys, args=args)
+        if int(status) == 0:
+            raise Fenced(request_id)
+        return _text(entry_id)
+
+    async def claim(self, request_id: str, job: str, lease_s: float) -> Claim:
+        keys = [self._lease_key(request_id), self._leases_key]
+        args: list[str | int] = [request_id, job, int(lease_s * 1000), self._active_ttl_s]
+        with unavailable():
+            state, attempt, failures = await self._claim_script(keys=keys, args=args)
+        return Claim(ClaimState(_text(state)), int(attempt), int(failures))
+
+    async def renew(self, leases: Sequence[tuple[str, int]], lease_s: float) -> set[str]:
+        if not leases:
+            return set()
+        args: list[Any] = [int(lease_s * 1000), self._lease_key("")]
+        for request_id, attempt in leases:
+            args += [request_id, attempt]
+        with unavailable():
+            fenced = await self._renew(keys=[self._leases_key], args=args)
+        return {_text(request_id) for request_id in fenced}
+
+    async def release(self, request_id: str, attempt: int, *, failed: bool) -> None:
+        keys = [self._lease_key(request_id), self._leases_key]
+        with unavailable():
+            await self._release(keys=keys, args=[request_id, attempt, int(failed)])
+
+    async def take_expired(self, limit: int = 32) -> list[str]:
+        with unavailable():
+            jobs = await self._take_expired(
+                keys=[self._leases_key], args=[limit, self._lease_key("")]
+            )
+        return [_text(job) for job in jobs]
 
     async def read(
         self, request_id: str, after: str | None = None, *, timeout_s: float = 0.0

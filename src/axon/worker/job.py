@@ -1,30 +1,63 @@
-"""Run one job: generate on the engine, append token batches to the request's stream,
-end with one final event, and settle the delivery (ack, retry or dead-letter).
+"""Run one job: claim the reply's lease, generate on the engine, append token batches to
+the request's stream, end with one final event, and settle the delivery.
 
 This is the worker's hot loop, so it does one stream append per batch of tokens and no
-other I/O per token: cancellation and the deadline are watched beside it, not inside it.
+other I/O per token: cancellation, the deadline and the lease's heartbeat are watched
+beside it, not inside it.
+
+Every write carries the attempt's fence: once another attempt has claimed the reply (this
+worker was paused, partitioned, or the job was delivered twice), the write is refused and
+this attempt hands its delivery back without touching the stream again. What counts toward
+the delivery limit is decided here, not by the broker: the job's own failures and attempts
+that died count; a handback (shutdown, a Redis outage) does not.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
 
 from axon.config import StreamSettings
-from axon.core.errors import AxonError, Cancelled, EngineError, Timeout, Unavailable
+from axon.core.errors import AxonError, Cancelled, EngineError, JobFailed, Timeout, Unavailable
 from axon.core.types import Completion, EventKind, FinishReason, Job, StreamEvent, Usage
 from axon.observability import metrics
 from axon.observability.logging import request_id_var, session_id_var
 from axon.queue.base import Delivery
-from axon.streaming.base import TokenStreams
+from axon.streaming.base import ClaimState, Fence, Fenced, TokenStreams
 from axon.worker.engines.base import Engine
+from axon.worker.patience import patiently
 
 log = logging.getLogger(__name__)
 
 #: How often the watcher looks for a cancellation flag or a passed deadline.
 WATCH_INTERVAL_S = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class JobSettings:
+    stream: StreamSettings
+    #: A lease not renewed for this long is taken over by another worker.
+    lease_s: float = 10.0
+    #: Attempts (failed or died) before the job is given up on.
+    delivery_limit: int = 3
+    #: How long a Redis outage is ridden out before the job is handed back.
+    outage_s: float = 30.0
+
+
+@dataclass
+class Lease:
+    """The reply this attempt owns; ``fenced`` is set by the heartbeat when it lost it."""
+
+    stream: str
+    attempt: int
+    #: Attempts before this one that failed or died.
+    failures: int = 0
+    fenced: bool = False
+    #: The job's task, which the heartbeat cancels when the lease is lost.
+    task: asyncio.Task[None] | None = None
 
 
 @dataclass
@@ -39,6 +72,10 @@ class Progress:
     finish: FinishReason | None = None
     started: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
+    #: UTF-8 length of the reply text in the stream, the offset of the next batch.
+    written: int = 0
+    #: Set when a write failed because Redis stayed down (not the engine's failure).
+    streams_down: bool = False
 
     @property
     def full_text(self) -> str:
@@ -51,55 +88,158 @@ async def run_job(
     *,
     engine: Engine,
     streams: TokenStreams,
-    settings: StreamSettings,
+    settings: JobSettings,
+    leases: dict[str, Lease],
 ) -> None:
+    """Run ``job`` and settle ``delivery`` (ack, or hand it back). ``leases`` is the
+    worker's registry of owned leases, which its heartbeat renews."""
     request_id_var.set(job.request_id)
     session_id_var.set(job.session_id)
-    existing = await streams.read(job.stream)
-    if any(event.final for _, event in existing):
-        # A previous attempt finished but died before its ack: nothing left to do.
+    model = job.model
+    try:
+        lease = await _claim(job, streams, settings)
+        if lease is None:
+            # Finished by an earlier attempt (its completion was recorded with the final
+            # event): a duplicate delivery, or one whose ack was lost.
+            await delivery.ack()
+            metrics.JOBS_FINISHED.labels(model, "duplicate").inc()
+            return
+    except Unavailable:
+        await delivery.retry()
+        metrics.JOBS_FINISHED.labels(model, "handed_back").inc()
+        return
+    lease.task = asyncio.current_task()
+    leases[job.stream] = lease
+    try:
+        await _attempt(job, delivery, lease, engine=engine, streams=streams, settings=settings)
+    except Fenced:
+        _fenced(job, lease)
+        await delivery.retry()
+    except Unavailable:
+        # Redis stayed down longer than the worker waits: give the job back, uncounted.
+        with contextlib.suppress(AxonError):
+            await streams.release(job.stream, lease.attempt, failed=False)
+        await delivery.retry()
+        metrics.JOBS_FINISHED.labels(model, "handed_back").inc()
+    except asyncio.CancelledError:
+        if lease.fenced:
+            _fenced(job, lease)
+        else:
+            # Shutting down: the writer has stopped (see _attempt), so the next worker may
+            # continue the reply from where this one left it.
+            with contextlib.suppress(AxonError):
+                await streams.release(job.stream, lease.attempt, failed=False)
+            metrics.JOBS_FINISHED.labels(model, "handed_back").inc()
+        await delivery.retry()
+        raise
+    finally:
+        leases.pop(job.stream, None)
+
+
+def _fenced(job: Job, lease: Lease) -> None:
+    # Another attempt owns the reply now; this delivery goes back to the queue, where it
+    # waits for that attempt to finish (or takes over if that one dies too).
+    log.warning("lost the reply to another attempt; handing the job back")
+    metrics.FENCED_WRITES.labels(job.model).inc()
+    metrics.JOBS_FINISHED.labels(job.model, "fenced").inc()
+    lease.fenced = True
+
+
+async def _claim(job: Job, streams: TokenStreams, settings: JobSettings) -> Lease | None:
+    """The lease of a new attempt, waiting while another attempt's lease is live; None
+    when the reply is already finished."""
+    payload = job.model_dump_json()
+    while True:
+        claim = await patiently(
+            lambda: streams.claim(job.stream, payload, settings.lease_s), settings.outage_s
+        )
+        if claim.state is ClaimState.FINISHED:
+            return None
+        if claim.state is ClaimState.OWNED:
+            return Lease(job.stream, claim.attempt, claim.failures)
+        # A duplicate delivery while the reply runs elsewhere: keep it, in case that
+        # attempt dies, and look again within a quarter of a lease.
+        await asyncio.sleep(settings.lease_s / 4)
+
+
+async def _attempt(
+    job: Job,
+    delivery: Delivery,
+    lease: Lease,
+    *,
+    engine: Engine,
+    streams: TokenStreams,
+    settings: JobSettings,
+) -> None:
+    fence = Fence(lease.attempt, 0)
+    if lease.failures >= settings.delivery_limit:
+        # Earlier attempts died (a job that crashes its worker, or hangs): stop here.
+        await _give_up(job, streams, settings, Progress(), lease, lease.failures)
         await delivery.ack()
         return
+    existing = await patiently(lambda: streams.read(job.stream), settings.outage_s)
+    prefix = "".join(e.text for _, e in existing)
     progress = Progress(
-        prefix="".join(e.text for _, e in existing),
+        prefix=prefix,
         prefix_tokens=sum(e.tokens for _, e in existing),
+        written=len(prefix.encode()),
     )
     if existing:
         log.info("resuming a reply another worker began", extra={"tokens": progress.prefix_tokens})
-    error: AxonError | None = None
-    gen = asyncio.create_task(_generate(job, engine, streams, settings, progress))
+    gen = asyncio.create_task(_generate(job, engine, streams, settings, progress, fence))
     try:
-        error = await _watch(job, gen, streams)
-    except Unavailable:
-        # The stream backend is down: hand the job back rather than lose the reply.
-        gen.cancel()
-        await delivery.retry()
-        metrics.JOBS_FINISHED.labels(job.model, "retried").inc()
-        return
+        error = await _watch(job, gen, streams, progress)
     finally:
-        gen.cancel()  # the job itself was cancelled (shutdown): stop generating too
-    if isinstance(error, EngineError) and progress.tokens == 0:
-        # Nothing reached the client yet, so another attempt is invisible to it. Past the
-        # delivery limit the queue dead-letters the job, and the dead-letter handler
-        # tells the client: a poison job cannot loop, and the broker does the counting.
+        # However this ends (an error, a shutdown, the lease lost), the writer stops, and
+        # its last batch is flushed, before anything else happens to the reply.
+        gen.cancel()
+        await asyncio.gather(gen, return_exceptions=True)
+    if isinstance(error, EngineError | Unavailable) and progress.tokens == 0:
+        # The engine failed, or could not be reached, before anything reached the client,
+        # so another attempt is invisible to it.
+        if lease.failures + 1 >= settings.delivery_limit:
+            await _give_up(job, streams, settings, progress, lease, lease.failures + 1)
+            await delivery.ack()
+            return
         log.warning("engine failed before the first token; retrying", extra={"code": error.code})
+        await patiently(
+            lambda: streams.release(job.stream, lease.attempt, failed=True), settings.outage_s
+        )
         await delivery.retry()
         metrics.JOBS_FINISHED.labels(job.model, "retried").inc()
         return
-    await finish(job, streams, progress, error)
+    await patiently(lambda: finish(job, streams, progress, error, fence), settings.outage_s)
     await delivery.ack()
 
 
-async def _watch(job: Job, gen: asyncio.Task[None], streams: TokenStreams) -> AxonError | None:
+async def _give_up(
+    job: Job,
+    streams: TokenStreams,
+    settings: JobSettings,
+    progress: Progress,
+    lease: Lease,
+    failures: int,
+) -> None:
+    log.error("job failed repeatedly; giving up", extra={"attempts": failures})
+    error = JobFailed(f"the request failed {failures} times and was given up on")
+    fence = Fence(lease.attempt, 0)
+    await patiently(lambda: finish(job, streams, progress, error, fence), settings.outage_s)
+    metrics.JOBS_FINISHED.labels(job.model, "dead").inc()
+
+
+async def _watch(
+    job: Job, gen: asyncio.Task[None], streams: TokenStreams, progress: Progress
+) -> AxonError | None:
     """Wait for the generation, cancelling it when the client cancels or the deadline
-    passes. Returns the error that ended the job, if any."""
+    passes. Returns the error that ended the job, if any; raises what ends the attempt
+    instead (the lease lost, or Redis down for too long)."""
     while True:
         done, _ = await asyncio.wait({gen}, timeout=WATCH_INTERVAL_S)
         if done:
             exc = gen.exception()
             if exc is None:
                 return None
-            if isinstance(exc, Unavailable):
+            if isinstance(exc, Fenced) or (isinstance(exc, Unavailable) and progress.streams_down):
                 raise exc
             if isinstance(exc, AxonError):
                 return exc
@@ -108,7 +248,7 @@ async def _watch(job: Job, gen: asyncio.Task[None], streams: TokenStreams) -> Ax
         reason: AxonError | None = None
         if time.time() > job.deadline:
             reason = Timeout("the request's deadline passed before the reply was finished")
-        elif await streams.is_cancelled(job.stream):
+        elif await _cancelled(streams, job.stream):
             reason = Cancelled("the request was cancelled")
         if reason is not None:
             gen.cancel()
@@ -116,13 +256,23 @@ async def _watch(job: Job, gen: asyncio.Task[None], streams: TokenStreams) -> Ax
             return reason
 
 
+async def _cancelled(streams: TokenStreams, stream: str) -> bool:
+    try:
+        return await streams.is_cancelled(stream)
+    except Unavailable:
+        # Not knowable during a Redis outage; the appends wait it out meanwhile.
+        return False
+
+
 async def _generate(
     job: Job,
     engine: Engine,
     streams: TokenStreams,
-    settings: StreamSettings,
+    job_settings: JobSettings,
     progress: Progress,
+    fence: Fence,
 ) -> None:
+    settings = job_settings.stream
     interval = settings.batch_interval_ms / 1000
     batch: list[str] = []
     batch_tokens = 0
@@ -131,9 +281,18 @@ async def _generate(
 
     async def flush() -> None:
         nonlocal batch, batch_tokens
-        event = StreamEvent(kind=EventKind.TOKENS, text="".join(batch), tokens=batch_tokens)
+        text = "".join(batch)
+        event = StreamEvent(kind=EventKind.TOKENS, text=text, tokens=batch_tokens)
         batch, batch_tokens = [], 0
-        await streams.append(job.stream, [event])
+        at = Fence(fence.attempt, progress.written)
+        try:
+            # Generation waits here through a short Redis outage; the offset makes a
+            # retried batch that did reach Redis a no-op.
+            await patiently(lambda: streams.append(job.stream, [event], at), job_settings.outage_s)
+        except Unavailable:
+            progress.streams_down = True
+            raise
+        progress.written += len(text.encode())
         metrics.STREAM_ENTRIES.labels(model).inc()
 
     stream = engine.generate(job.messages, job.params, prefix=progress.prefix)
@@ -169,9 +328,14 @@ async def _generate(
 
 
 async def finish(
-    job: Job, streams: TokenStreams, progress: Progress, error: AxonError | None
+    job: Job,
+    streams: TokenStreams,
+    progress: Progress,
+    error: AxonError | None,
+    fence: Fence | None = None,
 ) -> None:
-    """Append the final event and publish the completion (the reply to store)."""
+    """Append the final event and publish the completion (the reply to store). Safe to
+    repeat: a second final event for the same fence is not written."""
     usage = Usage(
         prompt_tokens=progress.prompt_tokens,
         completion_tokens=progress.prefix_tokens + progress.tokens,
@@ -199,23 +363,24 @@ async def finish(
             error_code=error.code,
             error_message=error.message,
         )
-    await streams.append(job.stream, [event])
-    if job.session_id is not None:
-        # Only session turns are stored; a stateless reply ends with its stream.
-        await streams.publish_completion(
-            Completion(
-                request_id=job.request_id,
-                session_id=job.session_id,
-                tenant=job.tenant,
-                model=job.model,
-                text=progress.full_text,
-                finish_reason=finish_reason,
-                usage=usage,
-                error_code=event.error_code,
-                error_message=event.error_message,
-            )
-        )
+    # Only session turns are stored; a stateless reply ends with its stream.
+    completion = _completion(job, event) if job.session_id is not None else None
+    await streams.append(job.stream, [event], fence, completion)
     _observe(job.model, progress, finish_reason, usage)
+
+
+def _completion(job: Job, event: StreamEvent) -> Completion:
+    return Completion(
+        request_id=job.request_id,
+        session_id=job.session_id,
+        tenant=job.tenant,
+        model=job.model,
+        text=event.text,
+        finish_reason=event.finish_reason or FinishReason.ERROR,
+        usage=event.usage or Usage(),
+        error_code=event.error_code,
+        error_message=event.error_message,
+    )
 
 
 def _observe(model: str, progress: Progress, reason: FinishReason, usage: Usage) -> None:

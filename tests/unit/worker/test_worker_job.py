@@ -22,7 +22,7 @@ from axon.queue.memory import MemoryJobQueue
 from axon.streaming.memory import MemoryTokenStreams
 from axon.worker.engines.base import Chunk
 from axon.worker.engines.fake import FakeEngine
-from axon.worker.job import run_job
+from axon.worker.job import JobSettings, run_job
 from support.worker import DELIVERY_LIMIT, MODEL, completions, events, eventually, make_job
 
 
@@ -118,10 +118,15 @@ async def run(
             delivery,
             engine=engine,
             streams=streams,
-            settings=settings or StreamSettings(),
+            settings=job_settings(settings),
+            leases={},
         ),
         10,
     )
+
+
+def job_settings(stream: StreamSettings | None = None) -> JobSettings:
+    return JobSettings(stream=stream or StreamSettings(), delivery_limit=DELIVERY_LIMIT)
 
 
 async def start_job(
@@ -132,7 +137,7 @@ async def start_job(
     await queue.publish(job)
     delivery = await take(queue)
     task = asyncio.create_task(
-        run_job(job, delivery, engine=engine, streams=streams, settings=StreamSettings())
+        run_job(job, delivery, engine=engine, streams=streams, settings=job_settings(), leases={})
     )
     await eventually(lambda: engine.steps >= 3)
     return job, delivery, task
@@ -325,9 +330,11 @@ async def test_an_engine_error_before_the_first_token_is_retried_invisibly(
     assert len(await completions(streams)) == 1
 
 
-async def test_an_engine_that_keeps_failing_before_the_first_token_is_dead_lettered(
+async def test_an_engine_that_keeps_failing_before_the_first_token_ends_with_job_failed(
     queue: MemoryJobQueue, streams: MemoryTokenStreams
 ) -> None:
+    # The worker counts the job's failed attempts itself (in its lease), whatever the
+    # broker's own delivery limit: the last allowed attempt ends the reply with an error.
     engine = FailingEngine(fail_times=100)
     job = make_job()
     await queue.publish(job)
@@ -340,11 +347,12 @@ async def test_an_engine_that_keeps_failing_before_the_first_token_is_dead_lette
 
     assert engine.calls == DELIVERY_LIMIT
     assert queue.pending(MODEL) == 0
-    # Telling the client is the dead-letter handler's job (see the runner's tests).
-    assert await events(streams, job.stream) == []
-    dead = await asyncio.wait_for(anext(queue.dead_letters(MODEL)), 5)
-    assert dead.job == job
-    assert dead.attempt == DELIVERY_LIMIT
+    [error] = await events(streams, job.stream)
+    assert error.kind is EventKind.ERROR
+    assert error.error_code == "job_failed"
+    assert f"{DELIVERY_LIMIT} times" in (error.error_message or "")
+    [completion] = await completions(streams)
+    assert completion.error_code == "job_failed"
 
 
 async def test_an_engine_error_after_the_first_token_ends_the_reply_without_retry(

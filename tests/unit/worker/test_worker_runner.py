@@ -24,6 +24,7 @@ from axon.queue.memory import MemoryJobQueue
 from axon.streaming.memory import MemoryTokenStreams
 from axon.worker.engines.base import Chunk
 from axon.worker.engines.fake import FakeEngine
+from axon.worker.job import JobSettings
 from axon.worker.runner import Worker
 from support.worker import DELIVERY_LIMIT, MODEL, completions, events, eventually, make_job
 
@@ -117,12 +118,14 @@ async def start_worker(
 ) -> AsyncIterator[StartWorker]:
     workers: list[Worker] = []
 
-    async def start(engine: FakeEngine, *, capacity: int = 4) -> Worker:
+    async def start(engine: FakeEngine, *, capacity: int = 4, lease_s: float = 10.0) -> Worker:
         worker = Worker(
             engine=engine,
             queue=queue,
             streams=streams,
-            settings=StreamSettings(),
+            settings=JobSettings(
+                stream=StreamSettings(), lease_s=lease_s, delivery_limit=DELIVERY_LIMIT
+            ),
             capacity=capacity,
         )
         await worker.start()
@@ -340,3 +343,55 @@ async def test_worker_reports_capacity_and_engine_load(
     await eventually(lambda: slow.steps >= 1)
     text = metrics.render()[0].decode()
     assert f'axon_worker_running_sequences{{model="{MODEL}"}} 1.0' in text
+
+
+async def test_a_worker_that_stops_renewing_its_lease_loses_the_reply_to_another(
+    start_worker: StartWorker, queue: RecordingQueue, streams: MemoryTokenStreams
+) -> None:
+    # A paused or partitioned worker stops renewing its lease. Another worker publishes
+    # the job again and continues the reply; the stale worker's late tokens are refused.
+    stale_engine = FakeEngine(reply_tokens=200, tokens_per_second=100)
+    stale = await start_worker(stale_engine, capacity=1, lease_s=0.5)
+    job = make_job("long answer")
+    await queue.publish(job)
+    await eventually(lambda: stale_engine.steps >= 5)
+    stale._loops["heartbeat"].cancel()  # as if the process were frozen
+    fenced_before = metrics.FENCED_WRITES.labels(MODEL)._value.get()
+
+    fresh = FakeEngine(reply_tokens=200)
+    await start_worker(fresh, capacity=2, lease_s=0.5)
+
+    done = await final_event(streams, job.stream)
+    words = "".join(fresh.reply_words(job.messages))
+    evs = await events(streams, job.stream)
+    assert done.kind is EventKind.DONE
+    assert done.text == words
+    assert "".join(e.text for e in evs if e.kind is EventKind.TOKENS) == words
+    assert [e for e in evs if e.final] == [done]
+    assert fresh.prompts, "the fresh worker continued the reply"
+    await eventually(lambda: metrics.FENCED_WRITES.labels(MODEL)._value.get() > fenced_before)
+    [completion] = [c for c in await completions(streams) if c.request_id == job.request_id]
+    assert completion.text == words
+
+
+async def test_a_job_delivered_twice_is_answered_once(
+    start_worker: StartWorker, queue: RecordingQueue, streams: MemoryTokenStreams
+) -> None:
+    engine = FakeEngine(reply_tokens=60, tokens_per_second=200)
+    await start_worker(engine, capacity=4)
+    job = make_job("twice")
+    await queue.publish(job)
+    await eventually(lambda: engine.steps >= 2)
+    await queue.publish(job)  # a broker redelivery, or a publish retried after a timeout
+
+    done = await final_event(streams, job.stream)
+    await eventually(lambda: queue.pending(MODEL) == 0 and not any_unsettled(queue))
+    evs = await events(streams, job.stream)
+    words = "".join(engine.reply_words(job.messages))
+    assert "".join(e.text for e in evs if e.kind is EventKind.TOKENS) == words == done.text
+    assert [e for e in evs if e.final] == [done]
+    assert len(engine.prompts) == 1, "the second delivery never generated"
+
+
+def any_unsettled(queue: RecordingQueue) -> bool:
+    return any(not getattr(d, "_settled", True) for d in queue.handed_out)
