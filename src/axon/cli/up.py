@@ -1,7 +1,9 @@
 """``axon up``: the whole distributed stack on one machine, against the real services.
 
 Starts session managers, workers and gateways as separate processes (the gateways
-forwarding to every session manager), prints each address, and stops them all on Ctrl-C.
+forwarding to every session manager), prints each address and pid, and supervises them:
+a process that exits is restarted on its port (see ``axon.cli.supervisor``). Ctrl-C or
+SIGTERM stops them all, front to back.
 """
 
 from __future__ import annotations
@@ -10,71 +12,44 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
-from dataclasses import dataclass
 
 import httpx
 
+from axon.cli.supervisor import Child, ChildSpec, Supervisor
 from axon.config import Settings
 from axon.sessions.migrate import upgrade_sync
 from axon.sessions.sql import ensure_database
 
 DEFAULT_STORE = "postgresql+asyncpg://postgres@127.0.0.1:5432/axon"
 READY_TIMEOUT_S = 180.0
+#: Front to back: a gateway stops first and finishes its streams while the session
+#: managers and workers behind it still serve them; a worker stops last.
+STOP_ORDER = ("gateway", "session-manager", "worker")
 
 
-@dataclass
-class Child:
-    role: str
-    port: int
-    proc: subprocess.Popen[bytes]
+def _wait_ready(supervisor: Supervisor, children: list[Child]) -> bool:
+    """Wait until every child answers ``/readyz``; False if a stop was requested meanwhile.
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
-def _spawn(role: str, port: int, env: dict[str, str]) -> Child:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "axon", role], env={**env, "AXON_SERVER__PORT": str(port)}
-    )
-    return Child(role, port, proc)
-
-
-def _wait_ready(children: list[Child]) -> None:
+    A child that exits before it was ever ready is a setup error (a port in use, a bad
+    setting), not a crash: restarting it would only loop, so ``axon up`` fails instead."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     pending = list(children)
-    while pending and time.monotonic() < deadline:
+    while pending and not supervisor.stopping:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not ready in time: {[c.spec.role for c in pending]}")
         for child in list(pending):
-            if child.proc.poll() is not None:
-                raise RuntimeError(f"{child.role} on port {child.port} exited")
+            code = child.proc.poll()
+            if code is not None:
+                raise RuntimeError(f"{child.describe()} exited with {code} before it was ready")
             try:
-                if httpx.get(f"{child.url}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{child.spec.url}/readyz", timeout=2).status_code == 200:
                     pending.remove(child)
             except httpx.HTTPError:
                 pass
         time.sleep(0.2)
-    if pending:
-        raise RuntimeError(f"not ready in time: {[c.role for c in pending]}")
-
-
-def _stop(children: list[Child]) -> None:
-    for child in children:
-        if child.proc.poll() is None:
-            child.proc.send_signal(signal.SIGTERM)
-    for child in children:
-        try:
-            child.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            child.proc.kill()
-
-
-def _interrupt(*_: object) -> None:
-    # SIGTERM stops the stack the same way Ctrl-C does.
-    raise KeyboardInterrupt
+    return not supervisor.stopping
 
 
 def run_up(args: argparse.Namespace, settings: Settings) -> int:
@@ -86,33 +61,34 @@ def run_up(args: argparse.Namespace, settings: Settings) -> int:
     threads = max(1, (os.cpu_count() or 1) // max(1, args.workers))
     env.setdefault("AXON_ENGINE__THREADS", str(threads))
     base = args.base_port
-    children: list[Child] = []
+    supervisor = Supervisor()
+    # From here on Ctrl-C and SIGTERM are requests the loops honour, not exceptions.
+    supervisor.install_signal_handlers()
     try:
         managers = [
-            _spawn("session-manager", base + 100 + i, env) for i in range(args.session_managers)
+            supervisor.start(ChildSpec("session-manager", base + 100 + i, env))
+            for i in range(args.session_managers)
         ]
-        workers = [_spawn("worker", base + 200 + i, env) for i in range(args.workers)]
-        children += managers + workers
-        _wait_ready(children)
-        upstreams = json.dumps([m.url for m in managers])
+        workers = [
+            supervisor.start(ChildSpec("worker", base + 200 + i, env)) for i in range(args.workers)
+        ]
+        if not _wait_ready(supervisor, managers + workers):
+            return 0
+        upstreams = json.dumps([m.spec.url for m in managers])
+        gateway_env = {**env, "AXON_GATEWAY__UPSTREAMS": upstreams}
         gateways = [
-            _spawn("gateway", base + i, {**env, "AXON_GATEWAY__UPSTREAMS": upstreams})
+            supervisor.start(ChildSpec("gateway", base + i, gateway_env))
             for i in range(args.gateways)
         ]
-        children += gateways
-        _wait_ready(gateways)
-        for child in children:
-            print(f"{child.role:16} {child.url}", flush=True)
-        print("axon up: ready (Ctrl-C stops every process)", flush=True)
-        signal.signal(signal.SIGTERM, _interrupt)
-        while all(c.proc.poll() is None for c in children):
-            time.sleep(0.5)
-        print("axon up: a process exited; stopping the rest", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
+        if not _wait_ready(supervisor, gateways):
+            return 0
+        for child in supervisor.children:
+            print(f"{child.spec.role:16} {child.spec.url}  pid {child.pid}", flush=True)
+        print("axon up: ready (exited processes restart; Ctrl-C stops every one)", flush=True)
+        supervisor.run()
         return 0
     except RuntimeError as exc:
         print(f"axon up: {exc}", file=sys.stderr)
         return 1
     finally:
-        _stop(children)
+        supervisor.stop(STOP_ORDER)
