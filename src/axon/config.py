@@ -44,6 +44,11 @@ class ServerSettings(BaseModel):
     cors_origins: list[str] = Field(
         default_factory=list, description="Origins allowed to call the API from a browser."
     )
+    drain_s: float = Field(
+        2.0,
+        description="On SIGTERM, readiness goes false and open streams are asked to "
+        "re-attach elsewhere this long before the server stops listening.",
+    )
     allowed_hosts: list[str] = Field(
         default_factory=list,
         description="`Host` names the server answers to (`*` for any); empty: only loopback "
@@ -153,6 +158,11 @@ class StoreSettings(BaseModel):
         "the hot cache keeps); older ones stay in the store.",
     )
     cache_ttl_s: int = Field(3600, description="How long an idle session stays cached.")
+    outbox_after_s: float = Field(
+        30.0,
+        description="A turn stored but not confirmed queued (its session manager died in "
+        "between) is queued again by any replica after this long.",
+    )
 
 
 class StreamSettings(BaseModel):
@@ -209,6 +219,18 @@ class BackendSettings(BaseModel):
     )
     ratelimit: Literal["memory", "redis"] = Field("memory", description="Rate limiter backend.")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL.")
+    redis_sentinels: list[str] = Field(
+        default_factory=list,
+        description="Sentinel addresses (`host:port`) of a self-hosted Redis: when set, every "
+        "Redis connection goes to the primary they name, the new one after a failover, and "
+        "`redis_url` gives only the password, database and TLS.",
+    )
+    redis_sentinel_master: str = Field(
+        "mymaster", description="Name under which the Sentinels monitor the primary."
+    )
+    redis_sentinel_password: SecretStr | None = Field(
+        None, description="Password of the Sentinels themselves, when they require one."
+    )
     redis_prefix: str = Field("axon:", description="Prefix of every Redis key Axon writes.")
     redis_max_connections: int = Field(
         2000,
@@ -216,6 +238,12 @@ class BackendSettings(BaseModel):
         "whose waiting relays hold one each); a full pool fails a call within 2 s.",
     )
     rabbitmq_url: str = Field("amqp://guest:guest@127.0.0.1:5672/", description="RabbitMQ URL.")
+    rabbitmq_urls: list[str] = Field(
+        default_factory=list,
+        description="URLs of the nodes of one RabbitMQ cluster, instead of `rabbitmq_url`: "
+        "the queue connects to the first that answers, and after a lost connection to the "
+        "next one that does.",
+    )
     rabbitmq_prefix: str = Field("axon", description="Prefix of every queue Axon declares.")
 
 

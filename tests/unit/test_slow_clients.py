@@ -13,8 +13,10 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
+from axon.cli import server
 from axon.cli.server import MAX_HEADER_BYTES, serve_http
 from axon.config import LimitSettings, ServerSettings, Settings
+from axon.gateway.drain import Drain
 
 HEADER_TIMEOUT_S = 1.0
 # Generous: a closure is behaviour, not speed; a loaded CI machine may be slow.
@@ -52,12 +54,12 @@ async def port(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[int]:
     """A real uvicorn started by `serve_http`, stopped gracefully afterwards."""
     servers: list[uvicorn.Server] = []
 
-    class Recorded(uvicorn.Server):
-        def __init__(self, config: uvicorn.Config) -> None:
-            super().__init__(config)
+    class Recorded(server.DrainingServer):
+        def __init__(self, config: uvicorn.Config, drain: Drain, drain_s: float) -> None:
+            super().__init__(config, drain, drain_s)
             servers.append(self)
 
-    monkeypatch.setattr(uvicorn, "Server", Recorded)
+    monkeypatch.setattr(server, "DrainingServer", Recorded)
     settings = Settings(
         # Port 0: the system picks a free one, and no other process can take it first.
         server=ServerSettings(host="127.0.0.1", port=0),

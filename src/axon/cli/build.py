@@ -51,23 +51,9 @@ class Backends:
     _closers: list[Any] = field(default_factory=list)
 
     def _redis_client(self) -> Any:
-        redis_asyncio = _require("redis.asyncio", "distributed")
-        pool = redis_asyncio.BlockingConnectionPool.from_url(
-            self.settings.backends.redis_url,
-            max_connections=self.settings.backends.redis_max_connections,
-            # A full pool makes a caller wait this long for a connection, then fail as
-            # "Redis is unavailable": a short wait, never an unbounded queue.
-            timeout=2,
-            # Blocking stream reads wait up to 10 s, so reads may take that long; a
-            # dead server is still noticed within the connect timeout and keepalives.
-            socket_timeout=30,
-            socket_connect_timeout=5,
-            socket_keepalive=True,
-            health_check_interval=15,
-        )
-        client = redis_asyncio.Redis(connection_pool=pool)
-        self._closers.append(client.aclose)
-        self._closers.append(pool.disconnect)
+        redis_client = _require("axon.redis_client", "distributed")
+        client, close = redis_client.make_client(self.settings.backends)
+        self._closers.append(close)
         return client
 
     def redis(self) -> Any:
@@ -104,7 +90,7 @@ class Backends:
             return MemoryJobQueue()
         rabbitmq = _require("axon.queue.rabbitmq", "distributed")
         queue: JobQueue = rabbitmq.RabbitMQJobQueue(
-            b.rabbitmq_url,
+            b.rabbitmq_urls or b.rabbitmq_url,
             prefix=b.rabbitmq_prefix,
             # Workers enforce ``q.delivery_limit`` themselves; the broker's is a backstop.
             delivery_limit=BACKSTOP_DELIVERY_LIMIT,

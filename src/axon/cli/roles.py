@@ -29,13 +29,17 @@ async def session_manager_app(settings: Settings, *, edge: bool) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        consumer = asyncio.create_task(manager.consume_completions())
+        loops = [
+            asyncio.create_task(manager.consume_completions()),
+            asyncio.create_task(manager.sweep_outbox()),
+        ]
         announce(settings, "session-manager" if not edge else "gateway")
         try:
             yield
         finally:
-            consumer.cancel()
-            await asyncio.gather(consumer, return_exceptions=True)
+            for loop in loops:
+                loop.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
             await backends.close()
 
     return create_app(services, lifespan, edge=edge)

@@ -42,14 +42,18 @@ async def embedded_app(settings: Settings, engine: Engine | None = None) -> Fast
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await engine.start()
         await worker.start()
-        consumer = asyncio.create_task(manager.consume_completions())
+        loops = [
+            asyncio.create_task(manager.consume_completions()),
+            asyncio.create_task(manager.sweep_outbox()),
+        ]
         announce(settings, "serve")
         try:
             yield
         finally:
             await worker.stop()
-            consumer.cancel()
-            await asyncio.gather(consumer, return_exceptions=True)
+            for loop in loops:
+                loop.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
             await engine.close()
             await backends.close()
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from axon.config import Settings
+from axon.gateway.drain import Drain
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +170,37 @@ def server_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
     )
 
 
+class DrainingServer(uvicorn.Server):
+    """uvicorn, with a drain before it stops: on the first SIGTERM or Ctrl-C, readiness
+    goes false and open streams end with a re-attach event (``Drain``), and only
+    ``drain_s`` later does uvicorn stop listening and finish. A second signal stops at
+    once."""
+
+    def __init__(self, config: uvicorn.Config, drain: Drain, drain_s: float) -> None:
+        super().__init__(config)
+        self._drain = drain
+        self._drain_s = drain_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._drain.draining or self._loop is None or self._drain_s <= 0:
+            super().handle_exit(sig, frame)
+            return
+        log.info("draining before shutdown", extra={"drain_s": self._drain_s})
+        self._drain.start()
+        # A signal handler may run in the middle of the loop's own code: schedule, never
+        # touch the loop directly.
+        self._loop.call_soon_threadsafe(
+            self._loop.call_later, self._drain_s, super().handle_exit, sig, frame
+        )
+
+
 async def serve_http(app: FastAPI, settings: Settings) -> None:
-    """Serve ``app`` on ``settings.server``'s address until uvicorn is told to exit."""
-    await uvicorn.Server(server_config(app, settings)).serve()
+    """Serve ``app`` on ``settings.server``'s address until told to exit, draining first."""
+    config = server_config(app, settings)
+    drain: Drain = getattr(app.state, "drain", None) or Drain()
+    await DrainingServer(config, drain, settings.server.drain_s).serve()

@@ -7,7 +7,8 @@ whether retrying the same request later may succeed (``retryable``: the gateway 
     ├── InvalidRequest             400 invalid_request
     │   ├── ContextWindowExceeded  400 context_length_exceeded
     │   ├── PayloadTooLarge        413 payload_too_large
-    │   └── RequestTimeout         408 request_timeout
+    │   ├── RequestTimeout         408 request_timeout
+    │   └── IdempotencyKeyReused   422 idempotency_key_reused
     ├── Unauthenticated            401 invalid_api_key
     ├── PermissionDenied           403 permission_denied
     ├── NotFound                   404 not_found
@@ -16,7 +17,8 @@ whether retrying the same request later may succeed (``retryable``: the gateway 
     ├── Unavailable                503 service_unavailable     (retryable)
     │   ├── QueueUnavailable       503 queue_unavailable
     │   ├── StoreUnavailable       503 store_unavailable
-    │   └── Overloaded             503 overloaded
+    │   ├── Overloaded             503 overloaded
+    │   └── ShuttingDown           503 shutting_down
     ├── Timeout                    504 timeout                 (retryable)
     ├── EngineError                500 engine_error
     ├── JobFailed                  500 job_failed
@@ -113,6 +115,14 @@ class RequestTimeout(InvalidRequest):
     status = 408
 
 
+class IdempotencyKeyReused(InvalidRequest):
+    """An ``Idempotency-Key`` sent again with a different request: refused rather than
+    answered with the first request's turn."""
+
+    code = "idempotency_key_reused"
+    status = 422
+
+
 class PayloadTooLarge(InvalidRequest):
     code = "payload_too_large"
     status = 413
@@ -146,6 +156,12 @@ class Overloaded(Unavailable):
     """Load shed: a model's queue is too deep or too slow to take the request now."""
 
     code = "overloaded"
+
+
+class ShuttingDown(Unavailable):
+    """This process is draining: retry, or re-attach to a stream, on another replica."""
+
+    code = "shutting_down"
 
 
 class Timeout(AxonError):

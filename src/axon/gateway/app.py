@@ -18,6 +18,7 @@ from axon.core.errors import ConfigError
 from axon.gateway import errors
 from axon.gateway import openapi as openapi_document
 from axon.gateway.auth import Authenticate
+from axon.gateway.drain import Drain
 from axon.gateway.headers import SecurityHeaders
 from axon.gateway.middleware import BodyLimit, HostCheck, Metrics, is_loopback
 from axon.gateway.proxy import Upstreams
@@ -60,6 +61,8 @@ def _base(
         redoc_url=None,
     )
     app.state.checks = checks
+    # Set when the server is told to stop (see cli/server.py).
+    app.state.drain = Drain()
     errors.install(app)
     openapi_document.install(app)
     return app

@@ -20,6 +20,7 @@ from starlette.responses import StreamingResponse
 
 from axon.config import GatewaySettings
 from axon.core.errors import InvalidRequest, Overloaded, Unavailable
+from axon.gateway import sse
 from axon.observability import metrics
 
 log = logging.getLogger(__name__)
@@ -127,8 +128,11 @@ class Upstreams:
             finally:
                 pool.slots.release()
 
+        body = response.aiter_raw()
+        if response.headers.get("content-type", "").startswith("text/event-stream"):
+            body = sse.proxied_events(body, request.app.state.drain)
         return StreamingResponse(
-            response.aiter_raw(),
+            body,
             status_code=response.status_code,
             headers={k: v for k, v in response.headers.items() if k.lower() not in _DROP},
             background=BackgroundTask(done),

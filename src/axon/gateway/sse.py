@@ -14,8 +14,9 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from axon.core.errors import AxonError, from_code
+from axon.core.errors import AxonError, ShuttingDown, from_code
 from axon.core.types import EventKind, StreamEvent
+from axon.gateway.drain import Drain
 from axon.gateway.errors import error_body
 from axon.sessions.relay import Final, Relay
 
@@ -45,11 +46,15 @@ def frame(data: Any, *, event: str | None = None, id: str | None = None) -> byte
     return "".join(parts).encode()
 
 
-def error_frame(error: AxonError, *, event: str | None = "error", id: str | None = None) -> bytes:
-    """``error`` as an SSE frame, for a stream whose headers are already sent."""
+def error_frame(
+    error: AxonError, *, reattach: bool = False, event: str | None = "error", id: str | None = None
+) -> bytes:
+    """``error`` as an SSE frame, for a stream whose headers are already sent. With
+    ``reattach`` the reply itself goes on (this relay failed or is shutting down): the
+    client re-attaches with ``Last-Event-ID``, on any replica."""
     if error.status >= 500:
-        log.warning("stream failed", extra={"code": error.code})
-    return frame(error_body(error), event=event, id=id)
+        log.warning("stream failed", extra={"code": error.code, "reattach": reattach})
+    return frame({**error_body(error), "reattach": reattach}, event=event, id=id)
 
 
 def error_of(event: StreamEvent) -> AxonError:
@@ -62,10 +67,15 @@ def _unexpected(exc: Exception) -> AxonError:
 
 
 async def session_events(
-    relay: Relay, final_body: Callable[[Final], dict[str, Any]], head: bytes = b""
+    relay: Relay,
+    final_body: Callable[[Final], dict[str, Any]],
+    head: bytes = b"",
+    drain: Drain | None = None,
 ) -> AsyncIterator[bytes]:
     """Session API events: ``token`` per entry, then ``done`` (``final_body``) or
-    ``error``."""
+    ``error``. An error of the relay itself (a backend lost mid-stream, this server
+    draining) ends the stream with an ``error`` event that asks for a re-attach: the reply
+    is unaffected. Only the reply's own final error is the end of it."""
     try:
         if head:
             yield head
@@ -77,14 +87,28 @@ async def session_events(
                     yield frame(final_body(item), event="done", id=item.event_id)
                 else:
                     yield error_frame(error_of(item.event), id=item.event_id)
+                return
             else:
                 yield frame({"text": item[1].text}, event="token", id=item[0])
+            if drain is not None:
+                drain.check()
     except AxonError as exc:
-        yield error_frame(exc)
+        yield error_frame(exc, reattach=exc.retryable)
     except Exception as exc:
-        yield error_frame(_unexpected(exc))
+        yield error_frame(_unexpected(exc), reattach=True)
     finally:
         await relay.aclose()
+
+
+async def proxied_events(chunks: AsyncIterator[bytes], drain: Drain) -> AsyncIterator[bytes]:
+    """An upstream's SSE bytes, until this gateway drains: then the stream ends at the next
+    event boundary (a chunk may end mid-event: never cut one in two) with a re-attach
+    event. Upstream keep-alives bound how long an idle stream takes to notice."""
+    async for chunk in chunks:
+        yield chunk
+        if drain.draining and chunk.endswith(b"\n\n"):
+            yield error_frame(ShuttingDown("this gateway is shutting down"), reattach=True)
+            return
 
 
 def usage_body(event: StreamEvent) -> dict[str, int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
 from contextlib import aclosing, asynccontextmanager, suppress
 from typing import Any
 
@@ -21,6 +21,7 @@ from aio_pika.abc import (
 from aio_pika.connection import make_url
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelInvalidStateError
 from pydantic import ValidationError
+from yarl import URL
 
 from axon.core.errors import QueueUnavailable
 from axon.core.types import Job
@@ -95,6 +96,33 @@ class _RabbitDelivery(Delivery):
             self._unsettled.done()
 
 
+class _FailoverConnection(aio_pika.RobustConnection):
+    """A robust connection to one of several brokers of a cluster.
+
+    aio-pika reconnects to the one URL it was given. This connection moves on to the next
+    URL each time a connection is lost or an attempt fails (aio-pika calls
+    ``_on_connection_close`` in both cases), so its reconnect loop goes round the cluster
+    until a node answers. Everything else is aio-pika's: channels, queue declarations and
+    consumers are restored on whichever node that is, as after any reconnect. Connection
+    options in the query (``reconnect_interval``, ``fail_fast``) come from the first URL.
+    """
+
+    def __init__(self, urls: Sequence[URL], **kwargs: Any) -> None:
+        super().__init__(urls[0], **kwargs)
+        self._urls = list(urls)
+        self._current = 0
+
+    async def _on_connection_close(self, closing: asyncio.Future[Any]) -> None:
+        try:
+            await super()._on_connection_close(closing)
+        finally:
+            # After super(), so its log line names the broker that was lost. The reconnect
+            # loop has not run yet (no await since it was woken), so it reads the new URL.
+            if len(self._urls) > 1 and not self.close_called:
+                self._current = (self._current + 1) % len(self._urls)
+                self.url = self._urls[self._current]
+
+
 class RabbitMQJobQueue(JobQueue):
     """Jobs in RabbitMQ quorum queues ``{prefix}.jobs.{model}``, poison jobs in
     ``{prefix}.dead.{model}``.
@@ -108,11 +136,14 @@ class RabbitMQJobQueue(JobQueue):
 
     ``start()`` connects eagerly; every other method also connects on first use, so a
     process can start while the broker is down and report it through ``ping()``.
+
+    ``url`` may list the nodes of one cluster: the queue connects to the first that answers
+    and, after losing that connection, reconnects to whichever node answers next.
     """
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         prefix: str,
         delivery_limit: int,
@@ -120,7 +151,10 @@ class RabbitMQJobQueue(JobQueue):
         connect_timeout_s: float = 10.0,
         drain_s: float = 60.0,
     ) -> None:
-        self._url = url
+        urls = [url] if isinstance(url, str) else list(url)
+        if not urls:
+            raise ValueError("RabbitMQJobQueue needs at least one broker URL")
+        self._urls = [make_url(u) for u in urls]
         self._prefix = prefix
         self._delivery_limit = max(1, delivery_limit)
         self._publish_timeout_s = publish_timeout_s
@@ -178,24 +212,33 @@ class RabbitMQJobQueue(JobQueue):
     async def _connect(self) -> AbstractRobustConnection:
         async with self._lock:
             if self._connection is None:
-                # Built by hand rather than with connect_robust so that a failed or
-                # cancelled (timed out) first attempt can be closed: otherwise the robust
-                # connection keeps reconnecting in the background, one more per attempt.
-                connection = aio_pika.RobustConnection(
-                    make_url(self._url),
-                    client_properties={"connection_name": f"axon {self._prefix}"},
-                )
-                try:
-                    await connection.connect(timeout=self._connect_timeout_s)
-                except BaseException as exc:
-                    with suppress(Exception):
-                        await connection.close()
-                    if isinstance(exc, CONNECTION_EXCEPTIONS):
-                        # Never put the URL in the message: it carries the password.
-                        raise QueueUnavailable("cannot connect to RabbitMQ") from exc
-                    raise
-                self._connection = connection
+                self._connection = await self._open()
             return self._connection
+
+    async def _open(self) -> AbstractRobustConnection:
+        """A connection to the first broker that answers, trying them in the given order."""
+        failure: BaseException | None = None
+        for first in range(len(self._urls)):
+            # The brokers after this one follow in turn, for reconnects.
+            order = self._urls[first:] + self._urls[:first]
+            # Built by hand rather than with connect_robust so that a failed or cancelled
+            # (timed out) first attempt can be closed: otherwise the robust connection
+            # keeps reconnecting in the background, one more per attempt.
+            connection = _FailoverConnection(
+                order, client_properties={"connection_name": f"axon {self._prefix}"}
+            )
+            try:
+                await connection.connect(timeout=self._connect_timeout_s)
+            except BaseException as exc:
+                with suppress(Exception):
+                    await connection.close()
+                if not isinstance(exc, CONNECTION_EXCEPTIONS):
+                    raise
+                failure = exc
+                continue
+            return connection
+        # Never put a URL in the message: it carries the password.
+        raise QueueUnavailable("cannot connect to RabbitMQ") from failure
 
     async def _publisher_channel(self) -> AbstractRobustChannel:
         connection = await self._connect()

@@ -1,10 +1,12 @@
 """The session manager: the one door to conversations. It keeps them, turns a chat request
 into a queued job, relays its token stream, and stores each finished reply exactly once.
 
-Stateless: any replica serves any session. The user message is stored before the job is
-queued, and a reply is stored by whichever replica reads its completion first (the one
-relaying it, or any replica's completion consumer if that one died); the store's unique
-key on the reply id makes the second write a no-op.
+Stateless: any replica serves any session. The user message is stored with its job in the
+outbox before the job is queued (a replica that dies in between leaves it for the outbox
+sweeper); a job the broker refuses removes the turn again, so a 503 leaves nothing behind.
+A reply is stored by whichever replica reads its completion first (the one relaying it,
+or any replica's completion consumer if that one died); the store's unique key on the
+reply id makes the second write a no-op.
 
 Every method takes the caller's ``Principal`` and scopes everything by its tenant: another
 tenant's session or reply is ``NotFound``, exactly like one that does not exist.
@@ -12,6 +14,9 @@ tenant's session or reply is ``NotFound``, exactly like one that does not exist.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -20,6 +25,7 @@ from dataclasses import dataclass
 from axon.config import Settings
 from axon.core.errors import (
     AxonError,
+    IdempotencyKeyReused,
     InvalidRequest,
     ModelNotFound,
     NotFound,
@@ -29,7 +35,6 @@ from axon.core.types import (
     ChatMessage,
     Completion,
     EventKind,
-    FinishReason,
     Job,
     Principal,
     SamplingParams,
@@ -45,6 +50,7 @@ from axon.sessions.admission import Admission, Reservation, StreamSlot
 from axon.sessions.cache import SessionCache, session_key
 from axon.sessions.intake import Intake
 from axon.sessions.load import LoadShedder
+from axon.sessions.outbox import OutboxSweeper
 from axon.sessions.records import MessageRecord, SessionRecord
 from axon.sessions.relay import Final, Relay, Relayed, Relays, nothing
 from axon.sessions.replies import Replies
@@ -96,6 +102,8 @@ class SessionManager:
         self.default_model = next(iter(self.models))
         self._intake = Intake(settings.limits)
         self._replies = Replies(store, cache, streams)
+        self._outbox = OutboxSweeper(store, queue, after_s=settings.store.outbox_after_s)
+        self._background: set[asyncio.Task[None]] = set()
         self._relays = Relays(
             streams=streams,
             admission=admission,
@@ -232,8 +240,10 @@ class SessionManager:
         self._intake.check_text(content, "content")
         session = await self._store.get_session(tenant, session_id)
         info = self.model(session.model)
+        request_hash = None
         if idempotency_key is not None:
-            earlier = await self._replay_turn(principal, session, idempotency_key)
+            request_hash = _request_hash(content, params)
+            earlier = await self._replay_turn(principal, session, idempotency_key, request_hash)
             if earlier is not None:
                 return earlier
         self._load.check(info.name)
@@ -257,23 +267,33 @@ class SessionManager:
         )
         try:
             request_id_var.set(reply_id)
+            job = self._job(principal, reply_id, info.name, prompt.messages, params, session_id)
             user_message, created = await self._store.add_user_message(
                 tenant,
                 session_id,
                 content=content,
                 reply_id=reply_id,
                 idempotency_key=idempotency_key,
+                request_hash=request_hash,
+                job=job.model_dump_json(),
             )
             if not created:
                 # A concurrent retry with the same key stored first: follow its turn.
+                _same_request(user_message, request_hash)
                 await self._admission.settle(reservation, 0)
                 earlier_id = user_message.reply_id or reply_id
                 turn = Turn(session, user_message, earlier_id, False, reservation.headers)
                 relay = self._relays.open(principal, session_id, earlier_id, info.name, None, slot)
                 return turn, relay
+            try:
+                await self._publish(job, reservation)
+            except AxonError:
+                # Refused: the client gets a 503 and the conversation keeps no trace of
+                # the turn, so a retry (with the same key or not) asks it once.
+                await self._store.remove_turn(tenant, session_id, user_message.id)
+                raise
+            self._after(self._store.published(reply_id))
             await self._cache.append(session_key(tenant, session_id), user_message)
-            job = self._job(principal, reply_id, info.name, prompt.messages, params, session_id)
-            await self._publish(job, reservation)
         except BaseException:
             await self._admission.settle(reservation, 0)
             await self._admission.close_stream(slot)
@@ -285,40 +305,39 @@ class SessionManager:
         return turn, relay
 
     async def _replay_turn(
-        self, principal: Principal, session: SessionRecord, key: str
+        self, principal: Principal, session: SessionRecord, key: str, request_hash: str
     ) -> tuple[Turn, Relay] | None:
         """The turn an ``Idempotency-Key`` already started, if any: a retry returns it
         (its reply as it streams, or as stored) without queueing, storing or charging
-        anything again."""
+        anything again. The same key with a different request is refused."""
         earlier = await self._store.find_by_idempotency_key(principal.tenant, session.id, key)
         if earlier is None or earlier.reply_id is None:
             return None
+        _same_request(earlier, request_hash)
         relay = await self.reattach(principal, session.id, earlier.reply_id, None)
         return Turn(session, earlier, earlier.reply_id, False, {}), relay
 
     async def _publish(self, job: Job, reservation: Reservation) -> None:
         try:
             await self._queue.publish(job)
-        except AxonError as exc:
+        except AxonError:
             await self._admission.settle(reservation, 0)
-            if job.session_id is not None:
-                # The turn was not accepted; record why, so the history never shows a
-                # question waiting forever for an answer that will not come.
-                await self.record(
-                    Completion(
-                        request_id=job.request_id,
-                        session_id=job.session_id,
-                        tenant=job.tenant,
-                        model=job.model,
-                        text="",
-                        finish_reason=FinishReason.ERROR,
-                        usage=Usage(),
-                        error_code=exc.code,
-                        error_message=exc.message,
-                    )
-                )
             raise
         metrics.JOBS_PUBLISHED.labels(job.model).inc()
+
+    def _after(self, work: Awaitable[None]) -> None:
+        """Bookkeeping that need not delay the reply (a failure only leaves work for the
+        outbox sweeper)."""
+
+        async def run() -> None:
+            try:
+                await work
+            except AxonError as exc:
+                log.warning("background bookkeeping failed", extra={"code": exc.code})
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def start_completion(
         self,
@@ -429,5 +448,24 @@ class SessionManager:
     async def consume_completions(self) -> None:
         await self._replies.consume()
 
+    async def sweep_outbox(self) -> None:
+        """Queue turns whose replica died before queueing them (runs until cancelled)."""
+        await self._outbox.run()
+
     async def close(self) -> None:
+        await asyncio.gather(*self._background, return_exceptions=True)
         await self._relays.close()
+
+
+def _request_hash(content: str, params: SamplingParams) -> str:
+    """What makes two sends of a turn the same request: its content and sampling."""
+    body = json.dumps([content, params.model_dump(mode="json")], sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _same_request(earlier: MessageRecord, request_hash: str | None) -> None:
+    if request_hash is not None and earlier.request_hash not in (None, request_hash):
+        raise IdempotencyKeyReused(
+            "this Idempotency-Key was used for a different request in this session",
+            param="Idempotency-Key",
+        )

@@ -35,6 +35,9 @@ class MessageRecord(BaseModel):
     #: On a user message: the id of the assistant reply it asked for (the request id).
     reply_id: str | None = None
     idempotency_key: str | None = None
+    #: On a user message sent with an ``Idempotency-Key``: a digest of the request, so
+    #: that the key reused with a different request is refused.
+    request_hash: str | None = None
     finish_reason: FinishReason | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None

@@ -4,11 +4,15 @@ confined to the upsert helper and the connect arguments."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import functools
+import logging
+import re
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -19,7 +23,38 @@ from axon.core.errors import NotFound, StoreUnavailable
 from axon.core.ids import new_id
 from axon.sessions.records import MessageRecord, SessionRecord
 from axon.sessions.store import AssistantReply, SessionStore
-from axon.sessions.tables import messages, sessions
+from axon.sessions.tables import messages, outbox, sessions
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: SQLSTATEs after which the same call may well succeed in a moment, on this server or on
+#: the next primary: a failover, a restart or contention, not a fault of the request.
+_TRANSIENT_SQLSTATES = frozenset(
+    {
+        "25006",  # read_only_sql_transaction: a standby, or a primary being demoted
+        "40001",  # serialization_failure (also a standby's query cancelled by recovery)
+        "40P01",  # deadlock_detected
+        "53300",  # too_many_connections
+        "57P01",  # admin_shutdown
+        "57P02",  # crash_shutdown
+        "57P03",  # cannot_connect_now: starting up, shutting down
+    }
+)
+#: After these the server cannot serve this connection again: it is read-only or going
+#: away. SQLAlchemy is told they are disconnects, so it drops the pool's connections and
+#: the next ones find the primary (through the host list, or DNS after a failover).
+_RECONNECT_SQLSTATES = frozenset({"25006", "57P01", "57P02", "57P03"})
+
+#: Pauses before the second and the third attempt of a store call that failed on a
+#: transient error: enough for the pool to reconnect to a primary that is back (or newly
+#: promoted), short enough that a request that then succeeds barely notices.
+_RETRY_PAUSES_S = (0.1, 0.5)
+
+# ``scheme://[user[:password]@]host1[:port1],host2[:port2]/...``: libpq's multi-host form.
+_MULTIHOST = re.compile(r"^(?P<head>[^:/?#]+://(?:[^@/?#]*@)?)(?P<hosts>[^/?#]*)(?P<tail>.*)$")
 
 
 def ensure_sqlite_dir(url: str) -> None:
@@ -29,10 +64,27 @@ def ensure_sqlite_dir(url: str) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
 
 
+def engine_url(url: str) -> str:
+    """``url`` in a form SQLAlchemy parses. A PostgreSQL URL may list several hosts the
+    libpq way (``postgresql+asyncpg://u@h1:5432,h2:5432/db?target_session_attrs=read-write``),
+    which SQLAlchemy cannot read; they become the repeated ``host`` query parameters that
+    its asyncpg dialect hands to asyncpg. Other URLs are returned as they are."""
+    match = _MULTIHOST.match(url) if url.startswith("postgresql") else None
+    if match is None or "," not in match["hosts"]:
+        return url
+    # The dialect wants a port on every host, or on none; libpq's default is 5432.
+    hosts = [h if ":" in h else f"{h}:5432" for h in match["hosts"].split(",") if h]
+    path, _, query = match["tail"].partition("?")
+    params = "&".join([*(f"host={host}" for host in hosts), *([query] if query else [])])
+    return f"{match['head']}{path or '/'}?{params}"
+
+
 def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     """Build the async engine for ``url``. PostgreSQL URLs may name several hosts
-    (``?host=a:5432&host=b:5432&target_session_attrs=read-write``), which asyncpg
-    tries in turn, so a Multi-AZ failover only costs a reconnect."""
+    (``postgresql+asyncpg://u@a:5432,b:5432/db?target_session_attrs=read-write``, or
+    ``?host=a:5432&host=b:5432&...``), which asyncpg tries in turn until one accepts
+    writes, so a Multi-AZ failover only costs a reconnect."""
+    url = engine_url(url)
     if url.startswith("sqlite"):
         ensure_sqlite_dir(url)
         # hide_parameters: a failed statement's message must not carry user text (message
@@ -50,7 +102,7 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
             cursor.close()
 
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         hide_parameters=True,
         pool_size=pool_size,
@@ -59,6 +111,90 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         pool_pre_ping=True,
         pool_recycle=1800,
     )
+
+    @sa.event.listens_for(engine.sync_engine, "handle_error")
+    def _server_gone(context: sa.engine.ExceptionContext) -> None:
+        if _sqlstate(context.original_exception) in _RECONNECT_SQLSTATES:
+            context.is_disconnect = True
+
+    return engine
+
+
+def _sqlstate(error: BaseException) -> str | None:
+    code = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
+    return code if isinstance(code, str) else None
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """``error``, the driver error SQLAlchemy wrapped in it, and what each was raised from."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [error]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        for inner in (getattr(current, "orig", None), current.__cause__):
+            if isinstance(inner, BaseException):
+                pending.append(inner)
+
+
+def _no_writable_host(error: BaseException) -> bool:
+    """asyncpg reached servers but none that takes writes (``target_session_attrs``): only
+    a standby answers, as between a primary's death and its standby's promotion."""
+    try:
+        from asyncpg.exceptions import (  # type: ignore[import-untyped]
+            TargetServerAttributeNotMatched,
+        )
+    except ImportError:  # SQLite only
+        return False
+    return isinstance(error, TargetServerAttributeNotMatched)
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether a store failure may pass on its own: the server cannot be reached, lost the
+    connection, is starting, stopping or read-only (a failover), a transaction lost a
+    serialization race, or the pool is exhausted. The caller gets a retryable 503, never a
+    500. On SQLite every ``OperationalError`` counts (a locked or unreadable file)."""
+    for cause in _causes(error):
+        if isinstance(cause, OSError | OperationalError | sa.exc.TimeoutError):
+            return True
+        if isinstance(cause, DBAPIError) and cause.connection_invalidated:
+            return True
+        code = _sqlstate(cause)
+        if code is not None and (code in _TRANSIENT_SQLSTATES or code.startswith("08")):
+            return True
+        if _no_writable_host(cause):
+            return True
+    return False
+
+
+def _retried(
+    call: Callable[P, Coroutine[Any, Any, T]],
+) -> Callable[P, Coroutine[Any, Any, T]]:
+    """Run a store call again after ``StoreUnavailable``, twice at most, after a short
+    pause: a failover or a lost connection then costs a request a moment, not an error.
+    Only for calls that are safe to repeat: reads, and writes keyed by ids fixed before the
+    first attempt (a repeated insert finds its own row). Not after a timeout, which has
+    already made the caller wait long enough."""
+
+    @functools.wraps(call)
+    async def attempts(*args: P.args, **kwargs: P.kwargs) -> T:
+        for pause in _RETRY_PAUSES_S:
+            try:
+                return await call(*args, **kwargs)
+            except StoreUnavailable as exc:
+                if isinstance(exc.__cause__, TimeoutError | sa.exc.TimeoutError):
+                    raise
+                log.warning(
+                    "session store call failed; trying again",
+                    extra={"call": call.__name__, "error": str(exc)},
+                )
+            await asyncio.sleep(pause)
+        return await call(*args, **kwargs)
+
+    return attempts
 
 
 def _now() -> datetime:
@@ -93,16 +229,15 @@ def _message(row: sa.Row[Any]) -> MessageRecord:
 
 @asynccontextmanager
 async def transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    """One transaction; a store that cannot be reached becomes ``StoreUnavailable``."""
+    """One transaction. The one place where store errors are sorted: a failure that may pass
+    on its own (``is_transient``) becomes the retryable ``StoreUnavailable``."""
     try:
         async with engine.begin() as conn:
             yield conn
-    except (OperationalError, OSError, ConnectionError) as exc:
+    except (DBAPIError, OSError, sa.exc.TimeoutError) as exc:
+        if not is_transient(exc):
+            raise
         raise StoreUnavailable(f"the session store is unavailable: {type(exc).__name__}") from exc
-    except DBAPIError as exc:
-        if exc.connection_invalidated:
-            raise StoreUnavailable("the session store connection was lost") from exc
-        raise
 
 
 class SqlSessionStore(SessionStore):
@@ -126,10 +261,18 @@ class SqlSessionStore(SessionStore):
             created_at=now,
             updated_at=now,
         )
-        async with self._tx() as conn:
-            await conn.execute(sessions.insert().values(**record.model_dump()))
+        await self._store_session(record)
         return record
 
+    @_retried
+    async def _store_session(self, record: SessionRecord) -> None:
+        # The id is fixed before the first attempt: a retry of an insert that did commit
+        # (only its answer was lost) must find its own row, not fail or add a second one.
+        stmt = self._insert(sessions).values(**record.model_dump())
+        async with self._tx() as conn:
+            await conn.execute(stmt.on_conflict_do_nothing(index_elements=["id"]))
+
+    @_retried
     async def get_session(self, tenant: str, session_id: str) -> SessionRecord:
         query = sa.select(sessions).where(sessions.c.id == session_id, sessions.c.tenant == tenant)
         async with self._tx() as conn:
@@ -138,6 +281,7 @@ class SqlSessionStore(SessionStore):
             raise NotFound(f"no session with id {session_id!r}", param="session_id")
         return _session(row)
 
+    @_retried
     async def list_sessions(
         self, tenant: str, *, limit: int, after: str | None = None
     ) -> tuple[list[SessionRecord], bool]:
@@ -155,6 +299,7 @@ class SqlSessionStore(SessionStore):
         return [_session(r) for r in rows[:limit]], len(rows) > limit
 
     async def delete_session(self, tenant: str, session_id: str) -> None:
+        # Not retried: a retry of a delete that did commit would answer 404.
         async with self._tx() as conn:
             result = await conn.execute(
                 sessions.delete().where(sessions.c.id == session_id, sessions.c.tenant == tenant)
@@ -179,6 +324,7 @@ class SqlSessionStore(SessionStore):
         )
         return bool(result.rowcount)
 
+    @_retried
     async def add_user_message(
         self,
         tenant: str,
@@ -187,6 +333,8 @@ class SqlSessionStore(SessionStore):
         content: str,
         reply_id: str,
         idempotency_key: str | None = None,
+        request_hash: str | None = None,
+        job: str | None = None,
     ) -> tuple[MessageRecord, bool]:
         now = _now()
         values = {
@@ -199,30 +347,65 @@ class SqlSessionStore(SessionStore):
             "created_at": now,
             "reply_id": reply_id,
             "idempotency_key": idempotency_key,
+            "request_hash": request_hash,
         }
         async with self._tx() as conn:
             if not await self._touch(conn, tenant, session_id, now):
                 raise NotFound(f"no session with id {session_id!r}", param="session_id")
-            if idempotency_key is not None:
-                stmt = (
-                    self._insert(messages)
-                    .values(**values)
-                    .on_conflict_do_nothing(index_elements=["session_id", "idempotency_key"])
-                )
-            else:
-                stmt = self._insert(messages).values(**values)
+            # A conflict is a concurrent request with the same key, or this call's own
+            # earlier attempt (it committed, its answer was lost): the reply id tells which.
+            same = (
+                ["session_id", "idempotency_key"] if idempotency_key is not None else ["reply_id"]
+            )
+            stmt = (
+                self._insert(messages).values(**values).on_conflict_do_nothing(index_elements=same)
+            )
             inserted = (await conn.execute(stmt.returning(messages))).first()
             if inserted is not None:
+                if job is not None:
+                    await conn.execute(
+                        sa.insert(outbox).values(
+                            reply_id=reply_id, session_id=session_id, job=job, created_at=now
+                        )
+                    )
                 return _message(inserted), True
+            found = [messages.c[column] == values[column] for column in same]
+            row = (await conn.execute(sa.select(messages).where(*found))).one()
+            return _message(row), row.reply_id == reply_id
+
+    @_retried
+    async def remove_turn(self, tenant: str, session_id: str, message_id: str) -> None:
+        async with self._tx() as conn:
             row = (
                 await conn.execute(
-                    sa.select(messages).where(
+                    sa.delete(messages)
+                    .where(
+                        messages.c.id == message_id,
                         messages.c.session_id == session_id,
-                        messages.c.idempotency_key == idempotency_key,
+                        messages.c.tenant == tenant,
                     )
+                    .returning(messages.c.reply_id)
                 )
-            ).one()
-            return _message(row), False
+            ).first()
+            if row is not None and row.reply_id is not None:
+                await conn.execute(sa.delete(outbox).where(outbox.c.reply_id == row.reply_id))
+
+    @_retried
+    async def published(self, reply_id: str) -> None:
+        async with self._tx() as conn:
+            await conn.execute(sa.delete(outbox).where(outbox.c.reply_id == reply_id))
+
+    @_retried
+    async def unpublished(self, older_than_s: float, limit: int = 100) -> list[str]:
+        cutoff = _now() - timedelta(seconds=older_than_s)
+        query = (
+            sa.select(outbox.c.job)
+            .where(outbox.c.created_at < cutoff)
+            .order_by(outbox.c.created_at)
+            .limit(limit)
+        )
+        async with self._tx() as conn:
+            return [row.job for row in await conn.execute(query)]
 
     async def find_by_idempotency_key(
         self, tenant: str, session_id: str, key: str
@@ -234,6 +417,7 @@ class SqlSessionStore(SessionStore):
         )
         return await self._first_message(query)
 
+    @_retried
     async def add_assistant_message(self, reply: AssistantReply) -> MessageRecord | None:
         now = _now()
         stmt = (
@@ -270,6 +454,7 @@ class SqlSessionStore(SessionStore):
             return None  # the session was deleted between the two statements
         return None if row is None else _message(row)
 
+    @_retried
     async def recent_messages(
         self, tenant: str, session_id: str, limit: int
     ) -> list[MessageRecord]:
@@ -301,14 +486,31 @@ class SqlSessionStore(SessionStore):
         )
         return await self._first_message(query)
 
+    @_retried
     async def _first_message(self, query: sa.Select[Any]) -> MessageRecord | None:
         async with self._tx() as conn:
             row = (await conn.execute(query)).first()
         return None if row is None else _message(row)
 
     async def ping(self) -> None:
+        """Fail unless the store takes writes. A PostgreSQL standby (in recovery, or
+        read-only) answers queries but refuses every write: while only a standby is
+        reachable, as between a primary's death and its standby's promotion, this replica
+        is not ready."""
         async with self._tx() as conn:
-            await conn.execute(sa.text("SELECT 1"))
+            if self.engine.dialect.name != "postgresql":
+                await conn.execute(sa.text("SELECT 1"))
+                return
+            read_only = await conn.scalar(
+                sa.text(
+                    "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on'"
+                )
+            )
+            if read_only:
+                # This connection leads to a server that cannot take writes: drop it, so
+                # that the next one is made afresh (host list, DNS) and may find the primary.
+                await conn.invalidate()
+                raise StoreUnavailable("the session store is read-only: no primary is reachable")
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -317,7 +519,7 @@ class SqlSessionStore(SessionStore):
 async def ensure_database(url: str) -> None:
     """Create the PostgreSQL database ``url`` names if it does not exist (SQLite files are
     created on first use). Connects to the server's ``postgres`` database to do so."""
-    parsed = sa.make_url(url)
+    parsed = sa.make_url(engine_url(url))
     if parsed.get_backend_name() != "postgresql" or not parsed.database:
         return
     admin = create_async_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")

@@ -59,9 +59,27 @@ class SessionStore(abc.ABC):
         content: str,
         reply_id: str,
         idempotency_key: str | None = None,
+        request_hash: str | None = None,
+        job: str | None = None,
     ) -> tuple[MessageRecord, bool]:
         """Store a user message; returns it and whether it is new. With an
-        ``idempotency_key`` already used in this session, returns the earlier message."""
+        ``idempotency_key`` already used in this session, returns the earlier message.
+        ``job`` (the job that answers it, as JSON) goes to the outbox in the same
+        transaction, until ``published`` removes it."""
+
+    @abc.abstractmethod
+    async def remove_turn(self, tenant: str, session_id: str, message_id: str) -> None:
+        """Remove a user message and its outbox entry: its job could not be queued, and
+        the caller was told so; the conversation keeps no trace of it."""
+
+    @abc.abstractmethod
+    async def published(self, reply_id: str) -> None:
+        """The job of ``reply_id`` is confirmed queued: drop it from the outbox."""
+
+    @abc.abstractmethod
+    async def unpublished(self, older_than_s: float, limit: int = 100) -> list[str]:
+        """Jobs (JSON) still in the outbox after ``older_than_s`` seconds: their session
+        manager died between storing the turn and queueing it."""
 
     @abc.abstractmethod
     async def find_by_idempotency_key(

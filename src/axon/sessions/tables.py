@@ -48,12 +48,31 @@ messages = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("reply_id", sa.String(64), nullable=True, unique=True),
     sa.Column("idempotency_key", sa.String(200), nullable=True),
+    sa.Column("request_hash", sa.String(64), nullable=True),
     sa.Column("finish_reason", sa.String(16), nullable=True),
     sa.Column("prompt_tokens", sa.Integer, nullable=True),
     sa.Column("completion_tokens", sa.Integer, nullable=True),
     sa.Column("error_code", sa.String(64), nullable=True),
     sa.UniqueConstraint("session_id", "idempotency_key", name="uq_axon_messages_idem"),
     sa.Index("ix_axon_messages_session_pos", "session_id", "pos"),
+)
+
+#: Jobs of turns stored but not yet confirmed published, written in the user message's
+#: transaction: a session manager that dies between the two leaves its turn here, and any
+#: replica publishes it again (migration 0003).
+outbox = sa.Table(
+    "axon_outbox",
+    metadata,
+    sa.Column("reply_id", sa.String(64), primary_key=True),
+    sa.Column(
+        "session_id",
+        sa.String(64),
+        sa.ForeignKey("axon_sessions.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("job", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_axon_outbox_created", "created_at"),
 )
 
 api_keys = sa.Table(

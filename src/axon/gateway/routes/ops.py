@@ -37,6 +37,9 @@ async def readyz(request: Request) -> JSONResponse:
     """Readiness: every dependency this process needs answers (model loaded, store...)."""
     checks: dict[str, Check] = request.app.state.checks
     results: dict[str, str] = {}
+    if request.app.state.drain.draining:
+        # Told to stop: out of the load balancer at once, whatever else still answers.
+        results["serving"] = "failing: shutting down"
     for name, check in checks.items():
         try:
             await asyncio.wait_for(check(), CHECK_TIMEOUT_S)

@@ -51,9 +51,9 @@ def _final_body(final: Final) -> dict[str, Any]:
     }
 
 
-def _stream(relay: Relay, head: bytes = b"") -> StreamingResponse:
+def _stream(request: Request, relay: Relay, head: bytes = b"") -> StreamingResponse:
     return StreamingResponse(
-        sse.session_events(relay, _final_body, head),
+        sse.session_events(relay, _final_body, head, request.app.state.drain),
         media_type="text/event-stream",
         headers={**sse.HEADERS, **relay.headers},
     )
@@ -121,7 +121,7 @@ async def send_message(
             {"user_message": user.model_dump(mode="json"), "reply_id": turn.reply_id},
             event="turn",
         )
-        return _stream(relay, head)
+        return _stream(request, relay, head)
     final = await relay.final()
     if final.event.kind is EventKind.ERROR or final.message is None:
         error: AxonError = sse.error_of(final.event)
@@ -149,7 +149,7 @@ async def reattach(
     relay = await _manager(request).reattach(
         caller, session_id, message_id, last_event_id or after or None
     )
-    return _stream(relay)
+    return _stream(request, relay)
 
 
 @router.post("/{session_id}/messages/{message_id}/cancel", status_code=202)

@@ -14,7 +14,14 @@ const ui = {
 };
 
 const CANCEL_GRACE_MS = 5000; // abort the stream if no `done` arrives this long after Stop
+// Re-attaching to a reply whose stream dropped: the first wait, doubling up to the cap; give
+// up after this many attempts, or this long, that brought no new token.
+const REATTACH_FIRST_MS = 250;
+const REATTACH_MAX_MS = 4000;
+const REATTACH_TRIES = 10;
+const REATTACH_GIVE_UP_MS = 60000;
 const PAGE_SIZE = 30;
+const RECONNECTING = "Reconnecting…";
 const LAST_KEY = "axon.lastSession";
 const API_KEY = "axon.apiKey";
 
@@ -22,7 +29,9 @@ const state = {
   sessions: [],      // newest first, as the server lists them
   cursor: null,      // next_cursor of the last page loaded
   currentId: null,
-  gen: null,         // the reply being generated: {sessionId, replyId, el, controller, timer}
+  // The reply being generated: {sessionId, replyId, el, controller, timer, lastEventId,
+  // tokens, stopping, userEl}.
+  gen: null,
 };
 
 // ---- API key ----------------------------------------------------------------
@@ -137,7 +146,10 @@ async function api(path, options = {}) {
   return res.status === 204 ? null : res.json();
 }
 
-// Reads a text/event-stream body and calls onEvent(name, data, id) for each event.
+// Reads a text/event-stream body and calls onEvent(name, data, id) for each event; onEvent
+// returns true to stop reading. Resolves to true when the body ended, false when the
+// connection failed first (an abort still rejects). An event is complete only at its blank
+// line: one cut short by a dropped connection is never handed out, as in EventSource.
 async function readSse(res, onEvent) {
   const reader = res.body.getReader();
   const decoder = new TextDecoder();
@@ -155,25 +167,63 @@ async function readSse(res, onEvent) {
       else if (field === "data") data.push(value);
       else if (field === "id") id = value;
     }
-    if (data.length) onEvent(name, JSON.parse(data.join("\n")), id);
+    return data.length ? onEvent(name, JSON.parse(data.join("\n")), id) : false;
   };
   for (;;) {
-    const { value, done } = await reader.read();
+    let chunk;
+    try {
+      chunk = await reader.read();
+    } catch (err) {
+      if (err.name === "AbortError") throw err;
+      return false; // the network failed mid-body
+    }
+    const { value, done } = chunk;
     buffer += decoder.decode(value || new Uint8Array(), { stream: !done });
     buffer = buffer.replace(/\r\n?/g, "\n");
     let end;
     while ((end = buffer.indexOf("\n\n")) >= 0) {
-      dispatch(buffer.slice(0, end));
+      const block = buffer.slice(0, end);
       buffer = buffer.slice(end + 2);
+      if (dispatch(block)) {
+        reader.cancel().catch(() => {});
+        return true;
+      }
     }
-    if (done) break;
+    if (done) return true;
   }
-  if (buffer.trim()) dispatch(buffer);
+}
+
+// Event ids are "<milliseconds>-<sequence>". A re-attach that replays from earlier than
+// asked (a proxy that drops the Last-Event-ID header) must not show a token twice.
+function isNewEvent(id, last) {
+  if (!id || !last) return true;
+  const parse = (s) => /^(\d+)-(\d+)$/.exec(s);
+  const a = parse(id), b = parse(last);
+  if (!a || !b) return true;
+  const ms = Number(a[1]) - Number(b[1]);
+  return ms > 0 || (ms === 0 && Number(a[2]) > Number(b[2]));
+}
+
+// Resolves after ms, or rejects with an AbortError when signal aborts first.
+function pause(ms, signal) {
+  return new Promise((resolve, reject) => {
+    const aborted = () => new DOMException("The wait was aborted.", "AbortError");
+    if (signal.aborted) { reject(aborted()); return; }
+    const onAbort = () => { clearTimeout(timer); reject(aborted()); };
+    const timer = setTimeout(() => {
+      signal.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    signal.addEventListener("abort", onAbort, { once: true });
+  });
 }
 
 // ---- Rendering --------------------------------------------------------------
 
-function setStatus(text) { ui.status.textContent = text; }
+function setStatus(text) {
+  ui.status.textContent = text;
+  ui.status.classList.toggle("reconnecting", text === RECONNECTING);
+}
 
 function showError(message) {
   ui.error.textContent = message;
@@ -361,42 +411,40 @@ async function sendMessage() {
 }
 
 // Runs one reply stream (a new turn, or a re-attach when replyId is given) into a new
-// assistant message. Resolves to whether the turn began (its reply id is known).
+// assistant message. Resolves to whether the turn began (its reply id is known). A stream
+// that drops once the reply id is known is re-attached to: the reply goes on on the server.
 async function stream(sessionId, path, init, { replyId = null, userEl = null } = {}) {
   const el = messageEl("assistant", "", replyId);
   el.classList.add("streaming");
-  const gen = { sessionId, replyId, el, controller: new AbortController(), timer: null };
+  const gen = {
+    sessionId, replyId, el, controller: new AbortController(), timer: null,
+    lastEventId: null, // id of the last event received: where a re-attach resumes
+    tokens: 0,         // tokens received: a re-attach that brings some made progress
+    stopping: false,
+    userEl,
+  };
   state.gen = gen;
   setGenerating(true);
   setStatus("Generating…");
-  let finished = false;
   try {
-    const res = await authFetch(path, { ...init, signal: gen.controller.signal });
-    if (replyId && res.status === 404) { setStatus(""); return false; } // stream expired
-    if (!res.ok) throw await errorFrom(res);
-    if (state.currentId === sessionId) appendMessage(el);
-    await readSse(res, (event, data) => {
-      if (event === "turn") {
-        gen.replyId = data.reply_id;
-        el.dataset.messageId = data.reply_id;
-        if (userEl && data.user_message) userEl.dataset.messageId = data.user_message.id;
-      } else if (event === "token") {
-        el.append(data.text);
-        if (state.currentId === sessionId) ui.messages.scrollTop = ui.messages.scrollHeight;
-      } else if (event === "done") {
-        finished = true;
-        if (data.message && typeof data.message.content === "string") {
-          el.textContent = data.message.content;
-        }
-        setFinish(el, data.finish_reason);
-        const usage = data.usage ? ` · ${data.usage.completion_tokens} tokens` : "";
-        setStatus((data.finish_reason === "cancelled" ? "Stopped" : "Done") + usage);
-      } else if (event === "error") {
-        finished = true;
-        throw new ApiError((data.error && data.error.message) || "The reply failed.");
-      }
-    });
-    if (!finished) throw new ApiError("The connection closed before the reply finished.");
+    let res = null;
+    try {
+      res = await authFetch(path, { ...init, signal: gen.controller.signal });
+    } catch (err) {
+      // No answer at all: a new turn cannot be re-attached to (its id is unknown), and
+      // sending it again could ask the same question twice.
+      if (err.name === "AbortError" || !gen.replyId) throw networkError(err);
+    }
+    if (res && replyId && res.status === 404) { setStatus(""); return false; } // expired
+    if (res && replyId && mayRetry(res)) res = null; // a page-load re-attach: try again
+    if (res) {
+      if (!res.ok) throw await errorFrom(res);
+      showReply(gen);
+    }
+    if (!res || !(await follow(gen, res))) {
+      if (!gen.replyId) throw new ApiError("The connection closed before the reply began.");
+      await reattach(gen);
+    }
   } catch (err) {
     if (err.name === "AbortError") {
       setStatus("Stopped");
@@ -418,10 +466,95 @@ async function stream(sessionId, path, init, { replyId = null, userEl = null } =
   return gen.replyId !== null;
 }
 
+// Rate limited (a dropped stream may still hold its slot for a moment), restarting or
+// overloaded: a re-attach may pass a moment later.
+function mayRetry(res) {
+  return res.status === 429 || res.status >= 500;
+}
+
+function networkError(err) {
+  return err instanceof TypeError ? new ApiError("Could not reach the server.") : err;
+}
+
+function showReply(gen) {
+  if (!gen.el.isConnected && state.currentId === gen.sessionId) appendMessage(gen.el);
+}
+
+// Reads one response's events into the reply. Resolves to true when the reply is over
+// (`done`), false when the stream ended without its final event or with an `error` that
+// asks to re-attach; an `error` that ends the reply throws.
+async function follow(gen, res) {
+  const el = gen.el;
+  let final = false;
+  await readSse(res, (event, data, id) => {
+    if (!isNewEvent(id, gen.lastEventId)) return false;
+    if (id) gen.lastEventId = id;
+    if (event === "turn") {
+      gen.replyId = data.reply_id;
+      el.dataset.messageId = data.reply_id;
+      if (gen.userEl && data.user_message) gen.userEl.dataset.messageId = data.user_message.id;
+    } else if (event === "token") {
+      gen.tokens += 1;
+      el.append(data.text);
+      if (state.currentId === gen.sessionId) ui.messages.scrollTop = ui.messages.scrollHeight;
+    } else if (event === "done") {
+      final = true;
+      if (data.message && typeof data.message.content === "string") {
+        el.textContent = data.message.content;
+      }
+      setFinish(el, data.finish_reason);
+      const usage = data.usage ? ` · ${data.usage.completion_tokens} tokens` : "";
+      setStatus((data.finish_reason === "cancelled" ? "Stopped" : "Done") + usage);
+      return true;
+    } else if (event === "error") {
+      // The server is going away, or a backend failed mid-reply: the reply goes on.
+      if (data.reattach === true) return true;
+      final = true;
+      throw new ApiError((data.error && data.error.message) || "The reply failed.");
+    }
+    return false;
+  });
+  return final;
+}
+
+// Follows a reply whose stream dropped to its end, from the last event received, backing
+// off between attempts. Each request goes through authFetch, so it carries the same key.
+async function reattach(gen) {
+  const path = `/v1/sessions/${encodeURIComponent(gen.sessionId)}` +
+    `/messages/${encodeURIComponent(gen.replyId)}/stream`;
+  const signal = gen.controller.signal;
+  let delay = REATTACH_FIRST_MS, tries = 0, since = Date.now();
+  while (tries < REATTACH_TRIES && Date.now() - since < REATTACH_GIVE_UP_MS) {
+    if (!gen.stopping) setStatus(RECONNECTING);
+    await pause(delay, signal);
+    delay = Math.min(delay * 2, REATTACH_MAX_MS);
+    tries += 1;
+    const before = gen.tokens;
+    // Without an id (no token yet) the server replays from the start: nothing was shown.
+    const headers = { Accept: "text/event-stream" };
+    if (gen.lastEventId) headers["Last-Event-ID"] = gen.lastEventId;
+    let res;
+    try {
+      res = await authFetch(path, { method: "GET", headers, signal });
+    } catch (err) {
+      if (err.name === "AbortError") throw err;
+      continue; // unreachable for now (restarting, network down)
+    }
+    if (mayRetry(res)) continue;
+    if (!res.ok) throw await errorFrom(res);
+    if (!gen.stopping) setStatus("Generating…");
+    showReply(gen);
+    if (await follow(gen, res)) return;
+    if (gen.tokens > before) { delay = REATTACH_FIRST_MS; tries = 0; since = Date.now(); }
+  }
+  throw new ApiError("Lost the connection to the server; the reply may still finish there.");
+}
+
 async function stopGeneration() {
   const gen = state.gen;
   if (!gen) return;
   ui.stop.disabled = true;
+  gen.stopping = true;
   setStatus("Stopping…");
   gen.timer = setTimeout(() => gen.controller.abort(), CANCEL_GRACE_MS);
   if (!gen.replyId) { gen.controller.abort(); return; }
