@@ -29,6 +29,7 @@ from axon.core.errors import (
     InvalidRequest,
     ModelNotFound,
     NotFound,
+    StoreUnavailable,
 )
 from axon.core.ids import new_id
 from axon.core.types import (
@@ -109,7 +110,10 @@ class SessionManager:
             admission=admission,
             load=load,
             store_reply=self._replies.store,
-            timeout_s=settings.server.request_timeout_s,
+            # The worker ends a reply at its deadline with a final event of its own; the
+            # relay waits a takeover longer, so that it never reports a timeout for a
+            # reply that then finishes (it gives up only on a reply nobody runs).
+            timeout_s=settings.server.request_timeout_s + settings.worker.lease_s + 10.0,
         )
 
     def checks(self) -> dict[str, Check]:
@@ -386,14 +390,21 @@ class SessionManager:
         if after is not None:
             self._check_position(after)
         tenant = principal.tenant
-        stored = await self._find_reply(tenant, session_id, reply_id)
-        session = await self._store.get_session(tenant, session_id)
         stream = stream_name(tenant, reply_id)
+        try:
+            stored = await self._find_reply(tenant, session_id, reply_id)
+            model = (await self._store.get_session(tenant, session_id)).model
+        except StoreUnavailable:
+            # The store is down, but a reply still in Redis can be served: its stream is
+            # named by the caller's tenant, so no other tenant's reply can be reached.
+            if not await self._streams.read(stream):
+                raise
+            stored, model = None, self.default_model
         if stored is not None and not await self._streams.read(stream):
             # Finished long ago: the stream expired, the store still has the whole reply.
-            return Relay(reply_id, session.model, self._replay(stored), {}, nothing)
+            return Relay(reply_id, model, self._replay(stored), {}, nothing)
         slot = await self._open(principal, new_id("attach"))
-        return self._relays.open(principal, session_id, reply_id, session.model, after, slot)
+        return self._relays.open(principal, session_id, reply_id, model, after, slot)
 
     def _check_position(self, position: str) -> None:
         try:

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mappi
 from dataclasses import dataclass
 from typing import Any
 
-from axon.core.errors import AxonError, Timeout
+from axon.core.errors import AxonError, StoreUnavailable, Timeout
 from axon.core.types import Principal, StreamEvent, Usage, stream_name
 from axon.observability import metrics
 from axon.sessions.admission import Admission, Reservation, StreamSlot
@@ -157,9 +157,15 @@ class Relays:
                         continue
                     message = None
                     if session_id is not None:
-                        message = await self._store_reply(
-                            tenant, session_id, request_id, model, item[1]
-                        )
+                        try:
+                            message = await self._store_reply(
+                                tenant, session_id, request_id, model, item[1]
+                            )
+                        except StoreUnavailable:
+                            # The reply is safe in the completion log, which a completion
+                            # consumer stores once the store is back: the client still
+                            # gets its final event, without the stored message.
+                            log.warning("store unavailable; the reply is stored later")
                     finals.append(Final(item[0], item[1], message))
                     if reservation is not None:
                         await self._settle(reservation, item[1])
