@@ -252,7 +252,9 @@ def run_chat(
     with httpx.Client(
         base_url=url,
         headers=headers,
-        timeout=httpx.Timeout(10.0, read=None),
+        # Streams carry a keep-alive at least every 10 s: a connection silent for three of
+        # them died without a close, and counts as a drop (then a re-attach).
+        timeout=httpx.Timeout(10.0, read=30.0),
         transport=transport,
     ) as client:
         try:
