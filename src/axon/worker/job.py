@@ -104,9 +104,13 @@ async def run_job(
             await delivery.ack()
             metrics.JOBS_FINISHED.labels(model, "duplicate").inc()
             return
-    except Unavailable:
+    except (Unavailable, asyncio.CancelledError) as exc:
+        # Redis stayed down, or the worker is stopping, before this delivery got the
+        # lease (or while it waited for another attempt's): nothing ran, give it back.
         await delivery.retry()
         metrics.JOBS_FINISHED.labels(model, "handed_back").inc()
+        if isinstance(exc, asyncio.CancelledError):
+            raise
         return
     lease.task = asyncio.current_task()
     leases[job.stream] = lease

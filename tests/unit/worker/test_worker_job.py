@@ -19,6 +19,7 @@ from axon.core.types import (
 )
 from axon.queue.base import Delivery
 from axon.queue.memory import MemoryJobQueue
+from axon.streaming.base import Fence
 from axon.streaming.memory import MemoryTokenStreams
 from axon.worker.engines.base import Chunk
 from axon.worker.engines.fake import FakeEngine
@@ -446,3 +447,30 @@ async def test_cancelling_the_job_task_stops_its_generation(
     assert engine.steps == steps
     assert len(await events(streams, job.stream)) == entries
     assert not any(e.final for e in await events(streams, job.stream))
+
+
+async def test_a_duplicate_delivery_waits_for_the_live_attempt_and_is_handed_back_on_stop(
+    queue: MemoryJobQueue, streams: MemoryTokenStreams
+) -> None:
+    job = make_job()
+    # Another worker holds the reply's live lease.
+    held = await streams.claim(job.stream, job.model_dump_json(), lease_s=60)
+    await queue.publish(job)
+    delivery = await take(queue)
+    engine = FakeEngine()
+    task = asyncio.create_task(
+        run_job(job, delivery, engine=engine, streams=streams, settings=job_settings(), leases={})
+    )
+    await asyncio.sleep(0.1)
+    assert not task.done(), "a duplicate waits while the other attempt's lease is live"
+    assert engine.prompts == []
+
+    task.cancel()  # the worker stops
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await assert_settled(delivery)
+    assert queue.pending(MODEL) == 1  # handed back, for whoever continues
+    # The live attempt still owns the reply.
+    await streams.append(
+        job.stream, [StreamEvent(kind=EventKind.TOKENS, text="x", tokens=1)], Fence(held.attempt, 0)
+    )
