@@ -1,5 +1,6 @@
 """The OpenAPI document, told truthfully: every error answer Axon gives is documented with
-its real status (400 for invalid input, never the framework's unused 422) and its body."""
+its real status (400 for invalid input, never the framework's 422 for it; 422 only for an
+``Idempotency-Key`` reused with another request) and its body."""
 
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ ERRORS = {
     "503": "A dependency is unavailable or the model is overloaded; retry after `Retry-After`.",
     "504": "The reply did not finish in time.",
 }
+
+
+_KEY_REUSED = "This `Idempotency-Key` was used for a different request in this session."
 
 
 def _error_response(description: str) -> dict[str, Any]:
@@ -57,6 +61,8 @@ def install(app: FastAPI) -> None:
                 responses.pop("422", None)
                 for status, description in ERRORS.items():
                     responses.setdefault(status, _error_response(description))
+                if any(p.get("name") == "idempotency-key" for p in operation.get("parameters", [])):
+                    responses["422"] = _error_response(_KEY_REUSED)
         app.openapi_schema = schema
         return schema
 
