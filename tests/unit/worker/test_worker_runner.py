@@ -10,7 +10,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 import pytest
 
 from axon.config import StreamSettings
-from axon.core.errors import EngineError, Unavailable
+from axon.core.errors import EngineError, QueueUnavailable, Unavailable
 from axon.core.types import (
     ChatMessage,
     EventKind,
@@ -395,3 +395,47 @@ async def test_a_job_delivered_twice_is_answered_once(
 
 def any_unsettled(queue: RecordingQueue) -> bool:
     return any(not getattr(d, "_settled", True) for d in queue.handed_out)
+
+
+class FailsToConsumeAtFirst(RecordingQueue):
+    """A broker that refuses the first consumers (as RabbitMQ can, with 541 NOT_FOUND on a
+    quorum queue it has just declared), then works."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__(delivery_limit=DELIVERY_LIMIT)
+        self.failures = failures
+
+    async def consume(self, model: str, prefetch: int) -> AsyncGenerator[Delivery, None]:
+        if self.failures > 0:
+            self.failures -= 1
+            raise QueueUnavailable("cannot consume from RabbitMQ")
+        async for delivery in super().consume(model, prefetch):
+            yield delivery
+
+
+async def test_a_consumer_that_dies_at_start_is_started_again_and_readiness_says_so(
+    streams: MemoryTokenStreams,
+) -> None:
+    # A worker whose consumer died used to sit idle with /readyz at 200, and turns waited
+    # for their deadline with nothing failing.
+    queue = FailsToConsumeAtFirst(failures=1)
+    worker = Worker(
+        engine=FakeEngine(reply_tokens=4),
+        queue=queue,
+        streams=streams,
+        settings=JobSettings(stream=StreamSettings(), delivery_limit=DELIVERY_LIMIT),
+        capacity=2,
+    )
+    await worker.start()
+    try:
+        await eventually(lambda: "consume" in worker._failing)
+        with pytest.raises(RuntimeError, match="consume"):
+            await worker.ready()
+        job = make_job("still answered")
+        await queue.publish(job)
+        assert (await final_event(streams, job.stream)).kind is EventKind.DONE
+        # Healthy again once the new consumer has run a while.
+        await eventually(lambda: not worker._failing, within_s=10)
+        await worker.ready()
+    finally:
+        await worker.stop(grace_s=1)
