@@ -153,9 +153,11 @@ class Backends:
         """The durable store's engine, shared by the session store and the key store."""
         if self._engine is None:
             from axon.sessions import migrate as migrations
-            from axon.sessions.sql import make_engine
+            from axon.sessions.sql import engine_url, make_engine
 
-            url = self.settings.store_url
+            # The migrations build an engine of their own: give them a multi-host URL in
+            # the form SQLAlchemy parses.
+            url = engine_url(self.settings.store_url)
             if migrate:
                 await migrations.upgrade(url)
             self._engine = make_engine(url, pool_size=self.settings.store.pool_size)

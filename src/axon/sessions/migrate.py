@@ -8,7 +8,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-from axon.sessions.sql import ensure_sqlite_dir
+from axon.sessions.sql import engine_url, ensure_sqlite_dir
 
 _SCRIPTS = Path(__file__).parent / "migrations"
 
@@ -17,7 +17,8 @@ def _config(url: str) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(_SCRIPTS))
     # ConfigParser treats % as interpolation; URLs may carry %-escaped passwords.
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    # Several hosts (libpq's h1:p1,h2:p2) become the form SQLAlchemy parses.
+    cfg.set_main_option("sqlalchemy.url", engine_url(url).replace("%", "%%"))
     return cfg
 
 

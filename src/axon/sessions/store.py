@@ -109,7 +109,8 @@ class SessionStore(abc.ABC):
 
     @abc.abstractmethod
     async def ping(self) -> None:
-        """Raise ``StoreUnavailable`` when the store cannot be reached."""
+        """Raise ``StoreUnavailable`` when the store cannot be reached, or cannot take
+        writes (only a read-only standby answers)."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
