@@ -130,6 +130,14 @@ async def test_only_the_current_attempt_may_write(streams: TokenStreams) -> None
     assert (await streams.claim(rid, "{}", lease_s=5)).state is ClaimState.FINISHED
 
 
+async def test_a_reply_has_one_final_event(streams: TokenStreams) -> None:
+    rid = new_request()
+    await streams.append(rid, [tokens("abc"), DONE])
+    late = StreamEvent(kind=EventKind.ERROR, text="", finish_reason=FinishReason.ERROR)
+    await streams.append(rid, [late])  # a late writer with no fence (an expiry, a dead letter)
+    assert [e for _, e in await streams.read(rid) if e.final] == [DONE]
+
+
 async def test_a_retried_batch_is_not_written_twice(streams: TokenStreams) -> None:
     rid = new_request()
     claim = await streams.claim(rid, "{}", lease_s=5)

@@ -262,9 +262,9 @@ def worker(settings: Settings, engine: Engine, queue: JobQueue, streams: TokenSt
             lease_s=w.lease_s,
             delivery_limit=settings.queue.delivery_limit,
             outage_s=w.redis_outage_s,
+            max_queue_wait_s=settings.limits.max_queue_wait_s,
         ),
         capacity=settings.engine.capacity,
-        max_queue_wait_s=settings.limits.max_queue_wait_s,
         stop_grace_s=w.stop_grace_s,
     )
 

@@ -69,10 +69,12 @@ class MemoryTokenStreams(TokenStreams):
         self._expire()
         lease = self._leases.setdefault(request_id, _Lease())
         final = any(event.final for event in events)
+        if fence is not None and lease.attempt != fence.attempt:
+            raise Fenced(request_id)
+        if lease.final:
+            return ""  # a reply has one final event: a late writer's is dropped
         if fence is not None:
-            if lease.attempt != fence.attempt:
-                raise Fenced(request_id)
-            if lease.final or (not final and fence.offset < lease.offset):
+            if not final and fence.offset < lease.offset:
                 return ""
             if not final:
                 lease.offset += sum(len(e.text.encode()) for e in events if not e.final)

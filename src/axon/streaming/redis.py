@@ -35,9 +35,10 @@ _NOW_MS = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2
 # batch, or the reply already ended).
 _APPEND = """
 local fenced = ARGV[1] ~= ''
+if fenced and redis.call('HGET', KEYS[2], 'attempt') ~= ARGV[1] then return {0, ''} end
+-- A reply has one final event: whatever comes after it (a late writer) is dropped.
+if redis.call('HGET', KEYS[2], 'final') == '1' then return {2, ''} end
 if fenced then
-  if redis.call('HGET', KEYS[2], 'attempt') ~= ARGV[1] then return {0, ''} end
-  if redis.call('HGET', KEYS[2], 'final') == '1' then return {2, ''} end
   local written = tonumber(redis.call('HGET', KEYS[2], 'offset') or '0')
   if ARGV[4] == '0' and tonumber(ARGV[2]) < written then return {2, ''} end
 end

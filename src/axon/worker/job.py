@@ -21,7 +21,15 @@ import time
 from dataclasses import dataclass, field
 
 from axon.config import StreamSettings
-from axon.core.errors import AxonError, Cancelled, EngineError, JobFailed, Timeout, Unavailable
+from axon.core.errors import (
+    AxonError,
+    Cancelled,
+    EngineError,
+    JobFailed,
+    Overloaded,
+    Timeout,
+    Unavailable,
+)
 from axon.core.types import Completion, EventKind, FinishReason, Job, StreamEvent, Usage
 from axon.observability import metrics
 from axon.observability.logging import request_id_var, session_id_var
@@ -45,6 +53,8 @@ class JobSettings:
     delivery_limit: int = 3
     #: How long a Redis outage is ridden out before the job is handed back.
     outage_s: float = 30.0
+    #: A job that waited longer than this before its first attempt fails instead (0: never).
+    max_queue_wait_s: float = 0.0
 
 
 @dataclass
@@ -176,6 +186,15 @@ async def _attempt(
     settings: JobSettings,
 ) -> None:
     fence = Fence(lease.attempt, 0)
+    waited = _waited_too_long(job, lease, settings)
+    if waited is not None:
+        # Nobody should wait for an answer that starts this late: end it now, with an
+        # error the client sees and a failed reply in the history.
+        metrics.QUEUE_EXPIRED.labels(job.model).inc()
+        expired = Overloaded(f"the request waited {waited:.0f} s in the queue and was dropped")
+        await patiently(lambda: finish(job, streams, Progress(), expired, fence), settings.outage_s)
+        await delivery.ack()
+        return
     if lease.failures >= settings.delivery_limit:
         # Earlier attempts died (a job that crashes its worker, or hangs): stop here.
         await _give_up(job, streams, settings, Progress(), lease, lease.failures)
@@ -214,6 +233,15 @@ async def _attempt(
         return
     await patiently(lambda: finish(job, streams, progress, error, fence), settings.outage_s)
     await delivery.ack()
+
+
+def _waited_too_long(job: Job, lease: Lease, settings: JobSettings) -> float | None:
+    """Seconds the job waited before its first attempt, when over the limit. A job that
+    ran before is exempt: its client is reading it."""
+    if settings.max_queue_wait_s <= 0 or lease.attempt > 1 or job.enqueued_at is None:
+        return None
+    waited = time.time() - job.enqueued_at
+    return waited if waited > settings.max_queue_wait_s else None
 
 
 async def _give_up(

@@ -9,7 +9,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from axon.core.errors import AxonError, JobFailed, Overloaded, Unavailable
+from axon.core.errors import AxonError, JobFailed, Unavailable
 from axon.core.types import Job
 from axon.observability import metrics
 from axon.queue.base import Delivery, JobQueue
@@ -44,7 +44,6 @@ class Worker:
         streams: TokenStreams,
         settings: JobSettings,
         capacity: int,
-        max_queue_wait_s: float = 0.0,
         stop_grace_s: float = 20.0,
     ) -> None:
         self.engine = engine
@@ -52,7 +51,6 @@ class Worker:
         self.streams = streams
         self.settings = settings
         self.capacity = capacity
-        self.max_queue_wait_s = max_queue_wait_s
         self.stop_grace_s = stop_grace_s
         self._jobs: set[asyncio.Task[None]] = set()
         self._leases: dict[str, Lease] = {}
@@ -181,31 +179,7 @@ class Worker:
                     # worker's connection dies.
                     log.warning("could not publish a taken-over job", exc_info=True)
 
-    def _waited_too_long(self, delivery: Delivery) -> float | None:
-        """Seconds a first delivery waited in the queue, when over the limit. Redelivered
-        jobs are exempt: they were already running and their client is reading."""
-        job = delivery.job
-        if self.max_queue_wait_s <= 0 or delivery.attempt > 1 or job.enqueued_at is None:
-            return None
-        waited = time.time() - job.enqueued_at
-        return waited if waited > self.max_queue_wait_s else None
-
     async def _run(self, delivery: Delivery) -> None:
-        waited = self._waited_too_long(delivery)
-        if waited is not None:
-            # Nobody should wait for an answer that started this late: end it now, with an
-            # error the client sees and a failed reply in the history.
-            job = delivery.job
-            metrics.QUEUE_EXPIRED.labels(job.model).inc()
-            error = Overloaded(f"the request waited {waited:.0f} s in the queue and was dropped")
-            try:
-                await finish(job, self.streams, Progress(), error)
-                await delivery.ack()
-            except Exception:
-                log.exception("could not end an expired job; handing it back")
-                with contextlib.suppress(Exception):
-                    await delivery.retry()
-            return
         try:
             # run_job settles the delivery however the job ends, a shutdown included.
             await run_job(

@@ -118,13 +118,22 @@ async def start_worker(
 ) -> AsyncIterator[StartWorker]:
     workers: list[Worker] = []
 
-    async def start(engine: FakeEngine, *, capacity: int = 4, lease_s: float = 10.0) -> Worker:
+    async def start(
+        engine: FakeEngine,
+        *,
+        capacity: int = 4,
+        lease_s: float = 10.0,
+        max_queue_wait_s: float = 0.0,
+    ) -> Worker:
         worker = Worker(
             engine=engine,
             queue=queue,
             streams=streams,
             settings=JobSettings(
-                stream=StreamSettings(), lease_s=lease_s, delivery_limit=DELIVERY_LIMIT
+                stream=StreamSettings(),
+                lease_s=lease_s,
+                delivery_limit=DELIVERY_LIMIT,
+                max_queue_wait_s=max_queue_wait_s,
             ),
             capacity=capacity,
         )
@@ -439,3 +448,22 @@ async def test_a_consumer_that_dies_at_start_is_started_again_and_readiness_says
         await worker.ready()
     finally:
         await worker.stop(grace_s=1)
+
+
+async def test_a_job_published_again_after_its_reply_finished_adds_nothing(
+    start_worker: StartWorker, queue: RecordingQueue, streams: MemoryTokenStreams
+) -> None:
+    # The outbox may publish a finished turn again (its "published" mark was lost), long
+    # after it was queued: the worker neither runs it again nor expires it.
+    engine = FakeEngine(reply_tokens=5)
+    await start_worker(engine, max_queue_wait_s=60)
+    job = make_job("once")
+    await queue.publish(job)
+    done = await final_event(streams, job.stream)
+
+    late = job.model_copy(update={"enqueued_at": time.time() - 3600})
+    await queue.publish(late)
+    await eventually(lambda: queue.pending(MODEL) == 0 and not any_unsettled(queue))
+    await asyncio.sleep(0.1)
+    assert [e for e in await events(streams, job.stream) if e.final] == [done]
+    assert len(engine.prompts) == 1
