@@ -185,6 +185,11 @@ class QueueSettings(BaseModel):
     publish_timeout_s: float = Field(
         5.0, description="Longest a publish may wait for the broker before the request fails."
     )
+    heartbeat_s: float = Field(
+        5.0,
+        description="AMQP heartbeat: the broker closes the connection of a process silent "
+        "for about two of them (frozen, partitioned) and hands its jobs to other workers.",
+    )
 
 
 class WorkerSettings(BaseModel):

@@ -95,6 +95,7 @@ class Backends:
             # Workers enforce ``q.delivery_limit`` themselves; the broker's is a backstop.
             delivery_limit=BACKSTOP_DELIVERY_LIMIT,
             publish_timeout_s=q.publish_timeout_s,
+            heartbeat_s=q.heartbeat_s,
         )
         await queue.start()
         self._closers.append(queue.close)

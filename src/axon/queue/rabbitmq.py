@@ -123,6 +123,16 @@ class _FailoverConnection(aio_pika.RobustConnection):
                 self.url = self._urls[self._current]
 
 
+def _with_heartbeat(url: URL, heartbeat_s: float | None) -> URL:
+    """``url`` asking for AMQP heartbeats every ``heartbeat_s``, unless it sets its own. A
+    frozen or partitioned worker stops answering them, and the broker then closes its
+    connection and hands its unacknowledged jobs (those it never started too) to the
+    others, instead of holding them for as long as the TCP connection looks open."""
+    if heartbeat_s is None or "heartbeat" in url.query:
+        return url
+    return url.update_query(heartbeat=max(1, round(heartbeat_s)))
+
+
 class RabbitMQJobQueue(JobQueue):
     """Jobs in RabbitMQ quorum queues ``{prefix}.jobs.{model}``, poison jobs in
     ``{prefix}.dead.{model}``.
@@ -150,11 +160,12 @@ class RabbitMQJobQueue(JobQueue):
         publish_timeout_s: float,
         connect_timeout_s: float = 10.0,
         drain_s: float = 60.0,
+        heartbeat_s: float | None = None,
     ) -> None:
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
             raise ValueError("RabbitMQJobQueue needs at least one broker URL")
-        self._urls = [make_url(u) for u in urls]
+        self._urls = [_with_heartbeat(make_url(u), heartbeat_s) for u in urls]
         self._prefix = prefix
         self._delivery_limit = max(1, delivery_limit)
         self._publish_timeout_s = publish_timeout_s
