@@ -51,16 +51,19 @@ class AxonProcess:
         self.log_path = data_dir / f"axon-{args[0]}-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> AxonProcess:
+    def start(self, *, wait: bool = True) -> AxonProcess:
+        """Start the process; with ``wait=False`` return at once (the caller starts several
+        together and calls ``wait_ready`` on each)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "axon", *self.args],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        self.wait_ready()
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "axon", *self.args],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        if wait:
+            self.wait_ready()
         return self
 
     def wait_ready(self) -> None:

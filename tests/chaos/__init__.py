@@ -1,0 +1,1 @@
+"""Fault injection: the distributed stack under crashes, pauses and outages."""
