@@ -146,7 +146,8 @@ QUEUE_EXPIRED = Counter(
 
 FENCED_WRITES = Counter(
     "axon_fenced_writes_total",
-    "Token batches a stale attempt tried to write after another attempt took its reply over.",
+    "Attempts that lost their reply to a newer attempt (a stale worker: paused, "
+    "partitioned, or running a duplicate); their writes are refused.",
     ["model"],
     registry=REGISTRY,
 )

@@ -147,7 +147,9 @@ async def run_job(
         await delivery.retry()
         raise
     finally:
-        leases.pop(job.stream, None)
+        # Only this attempt's entry: a newer attempt at the same reply may run here too.
+        if leases.get(job.stream) is lease:
+            del leases[job.stream]
 
 
 def _fenced(job: Job, lease: Lease) -> None:
