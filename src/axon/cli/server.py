@@ -164,8 +164,9 @@ def server_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
         proxy_headers=False,
         log_config=None,
         access_log=False,
-        # Streams may run for minutes; give them a grace period, then let clients resume.
-        timeout_graceful_shutdown=10,
+        # Once draining, every stream ends by its next entry or keep-alive (at most 10 s
+        # apart) with a re-attach event; past this, what is left is cut.
+        timeout_graceful_shutdown=15,
         timeout_keep_alive=30,
     )
 
