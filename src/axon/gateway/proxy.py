@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import logging
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
@@ -19,8 +20,9 @@ from starlette.background import BackgroundTask
 from starlette.responses import StreamingResponse
 
 from axon.config import GatewaySettings
-from axon.core.errors import InvalidRequest, Overloaded, Unavailable
+from axon.core.errors import InvalidRequest, Overloaded, ShuttingDown, Unavailable
 from axon.gateway import sse
+from axon.gateway.drain import Drain
 from axon.observability import metrics
 
 log = logging.getLogger(__name__)
@@ -130,7 +132,7 @@ class Upstreams:
 
         body = response.aiter_raw()
         if response.headers.get("content-type", "").startswith("text/event-stream"):
-            body = sse.proxied_events(body, request.app.state.drain)
+            body = proxied_events(body, request.app.state.drain)
         return StreamingResponse(
             body,
             status_code=response.status_code,
@@ -177,3 +179,23 @@ class Upstreams:
     async def close(self) -> None:
         for client in (self.client.client, self.streams.client, self._probes):
             await client.aclose()
+
+
+async def proxied_events(chunks: AsyncIterator[bytes], drain: Drain) -> AsyncIterator[bytes]:
+    """An upstream's SSE bytes, until this gateway drains: then the stream ends at the next
+    event boundary (a chunk may end mid-event: never cut one in two) with a re-attach
+    event. Upstream keep-alives bound how long an idle stream takes to notice. An upstream
+    lost mid-stream (its session manager died) ends it with a re-attach event too, when
+    the cut falls between events (otherwise the client sees a drop, which means the same)."""
+    boundary = True
+    try:
+        async for chunk in chunks:
+            yield chunk
+            boundary = chunk.endswith(b"\n\n")
+            if drain.draining and boundary:
+                yield sse.error_frame(ShuttingDown("this gateway is shutting down"), reattach=True)
+                return
+    except httpx.HTTPError:
+        if boundary:
+            lost = Unavailable("the session manager relaying this reply was lost")
+            yield sse.error_frame(lost, reattach=True)

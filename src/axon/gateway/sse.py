@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from axon.core.errors import AxonError, ShuttingDown, from_code
+from axon.core.errors import AxonError, from_code
 from axon.core.types import EventKind, StreamEvent
 from axon.gateway.drain import Drain
 from axon.gateway.errors import error_body
@@ -98,17 +98,6 @@ async def session_events(
         yield error_frame(_unexpected(exc), reattach=True)
     finally:
         await relay.aclose()
-
-
-async def proxied_events(chunks: AsyncIterator[bytes], drain: Drain) -> AsyncIterator[bytes]:
-    """An upstream's SSE bytes, until this gateway drains: then the stream ends at the next
-    event boundary (a chunk may end mid-event: never cut one in two) with a re-attach
-    event. Upstream keep-alives bound how long an idle stream takes to notice."""
-    async for chunk in chunks:
-        yield chunk
-        if drain.draining and chunk.endswith(b"\n\n"):
-            yield error_frame(ShuttingDown("this gateway is shutting down"), reattach=True)
-            return
 
 
 def usage_body(event: StreamEvent) -> dict[str, int]:

@@ -11,7 +11,7 @@ import pytest
 from fastapi import FastAPI
 
 from axon.gateway.drain import Drain
-from axon.gateway.sse import proxied_events
+from axon.gateway.proxy import proxied_events
 from axon.worker.engines.fake import FakeEngine
 from support.sse import parse
 from support.worker import eventually
