@@ -7,6 +7,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,8 +18,10 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from axon.core.errors import NotFound, StoreUnavailable
-from axon.core.types import FinishReason
+from axon.core.types import ChatMessage, FinishReason, Job, SamplingParams
+from axon.queue.memory import MemoryJobQueue
 from axon.sessions.migrate import upgrade
+from axon.sessions.outbox import OutboxSweeper
 from axon.sessions.sql import SqlSessionStore, make_engine
 from axon.sessions.store import AssistantReply
 from axon.sessions.tables import messages, sessions
@@ -501,3 +504,38 @@ async def test_a_failed_statement_never_carries_message_text(store: SqlSessionSt
     # Errors end up in logs: they name the statement, never its parameters.
     assert secret not in str(failure.value)
     assert secret not in repr(failure.value)
+
+
+async def test_a_turn_left_in_the_outbox_is_queued_by_the_sweeper(store: SqlSessionStore) -> None:
+    # A session manager that died between storing a turn and queueing its job leaves the
+    # job in the outbox, written in the user message's transaction; any replica queues it.
+    session = await store.create_session(T, title="t", model="tiny", system_prompt=None)
+    job = Job(
+        request_id="msg_outbox",
+        model="tiny",
+        messages=[ChatMessage(role="user", content="hello")],
+        params=SamplingParams(),
+        session_id=session.id,
+        tenant=T,
+        deadline=time.time() + 60,
+    )
+    await store.add_user_message(
+        T, session.id, content="hello", reply_id=job.request_id, job=job.model_dump_json()
+    )
+    queue = MemoryJobQueue()
+    sweeper = OutboxSweeper(store, queue, after_s=0.0)
+
+    assert await sweeper.sweep() == 1
+    assert queue.pending("tiny") == 1
+    assert await store.unpublished(0) == []
+    assert await sweeper.sweep() == 0
+
+
+async def test_a_refused_turn_is_removed_with_its_outbox_entry(store: SqlSessionStore) -> None:
+    session = await store.create_session(T, title="t", model="tiny", system_prompt=None)
+    message, _ = await store.add_user_message(
+        T, session.id, content="hello", reply_id="msg_refused", job="{}"
+    )
+    await store.remove_turn(T, session.id, message.id)
+    assert await store.recent_messages(T, session.id, 10) == []
+    assert await store.unpublished(0) == []
