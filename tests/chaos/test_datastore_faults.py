@@ -22,9 +22,9 @@ async def _rabbitmq_down(run: Run) -> None:
     rabbitmq = run.stores.rabbitmq
     assert rabbitmq is not None
     run.note(f"SIGKILL RabbitMQ with {run.load.streaming()} replies mid-stream")
-    await run.call(rabbitmq.kill)
+    await run.call(rabbitmq.kill_node, 0)
     await run.sleep(OUTAGE_S)
-    await run.call(rabbitmq.start)
+    await run.call(rabbitmq.restart_node, 0)
     run.end_fault()
 
 
@@ -47,7 +47,7 @@ async def _redis_down(run: Run) -> None:
     run.note(f"SIGKILL Redis with {run.load.streaming()} replies mid-stream")
     await run.call(redis.kill)
     await run.sleep(OUTAGE_S)
-    await run.call(redis.start)
+    await run.call(redis.restart)
     run.end_fault()
 
 
@@ -95,7 +95,7 @@ async def _postgres_down(run: Run) -> None:
     run.note(f"SIGKILL PostgreSQL with {run.load.streaming()} replies mid-stream")
     await run.call(postgres.kill)
     await run.sleep(POSTGRES_OUTAGE_S)
-    await run.call(postgres.start)
+    await run.call(postgres.restart)
     run.end_fault()
 
 

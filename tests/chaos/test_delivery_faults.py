@@ -84,13 +84,13 @@ async def _retry_after_refusal(run: Run) -> None:
     gateway = run.stack.gateway_urls[0]
     sid = await new_session(run.http, gateway)
     first = probe_turn(sid, "refused")
-    await run.call(rabbitmq.stop_app)
+    await run.call(rabbitmq.stop_app, 0)
     await run.sleep(1)
     await run.load.post_once(first, gateway)
     run.note(f"probe POST while RabbitMQ is stopped: {first.refusals or first.reply_ids}")
     run.expect(not first.accepted, "the probe was accepted while RabbitMQ was stopped")
     await run.sleep(REFUSAL_S)
-    await run.call(rabbitmq.start_app)
+    await run.call(rabbitmq.start_app, 0)
     run.end_fault()
 
     second = again(first)
@@ -150,7 +150,7 @@ async def _crash_before_publish(run: Run) -> None:
     gateway = run.stack.gateway_urls[0]
     sid = await new_session(run.http, gateway)
     first = probe_turn(sid, "crash")
-    await run.call(rabbitmq.pause)
+    await run.call(rabbitmq.pause_node, 0)
     try:
         posting = asyncio.create_task(run.load.post_once(first, gateway))
         row = await wait_user_row(run.stores.store_url, first.key, within_s=15)
@@ -159,7 +159,7 @@ async def _crash_before_publish(run: Run) -> None:
             await run.call(run.stack.kill, manager)
         run.note(f"killed every session manager with the probe's message stored ({row})")
     finally:
-        await run.call(rabbitmq.resume)
+        await run.call(rabbitmq.resume_node, 0)
     run.end_fault()
     for manager in run.stack.managers:
         await run.restart(manager)

@@ -209,6 +209,29 @@ async def test_quorum_queue_survives_its_leader(rabbit_cluster: RabbitCluster) -
     await asyncio.to_thread(cluster.set_memory_alarm, other, False)
 
 
+def test_a_failed_rabbitmq_boot_is_tried_again_from_scratch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first boot fails as a node does when it cannot boot (here: a setting it does not
+    know); the second, with new names, ports and directories, starts."""
+    prepare = RabbitCluster._prepare
+
+    def first_fails(cluster: RabbitCluster) -> None:
+        prepare(cluster)
+        if cluster.boots == 1:
+            (cluster.node_dir(0) / "rabbitmq.conf").write_text("no_such_setting = 1\n")
+
+    monkeypatch.setattr(RabbitCluster, "_prepare", first_fails)
+    with started(lambda: RabbitCluster(1)) as cluster:
+        first = cluster.failed_boots
+        assert cluster.boots == 2
+        assert len(first) == 1
+        assert "failed to boot" in first[0]
+        assert "no_such_setting" in first[0]
+        assert cluster.root.name == "boot-2"
+        assert cluster.running_nodes(0) == cluster.node_names
+
+
 async def test_proxy_blackholes_and_restores() -> None:
     async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -259,6 +259,7 @@ async def test_a_reply_for_a_deleted_session_is_dropped_quietly(store: SqlSessio
 
 async def test_a_failed_reply_keeps_its_status_and_error_code(store: SqlSessionStore) -> None:
     session = await store.create_session(T, title="t", model="tiny", system_prompt=None)
+    await store.add_user_message(T, session.id, content="hi", reply_id="req_1")
     failed = AssistantReply(
         tenant=T,
         id="req_1",
@@ -539,3 +540,17 @@ async def test_a_refused_turn_is_removed_with_its_outbox_entry(store: SqlSession
     await store.remove_turn(T, session.id, message.id)
     assert await store.recent_messages(T, session.id, 10) == []
     assert await store.unpublished(0) == []
+    # The broker took the job after all (the refusal was a timeout) and it was answered:
+    # a turn that was withdrawn gets no reply.
+    assert await store.add_assistant_message(reply(session.id, "msg_refused")) is None
+    assert await store.recent_messages(T, session.id, 10) == []
+
+
+async def test_withdrawing_a_turn_takes_a_reply_stored_before_with_it(
+    store: SqlSessionStore,
+) -> None:
+    session = await store.create_session(T, title="t", model="tiny", system_prompt=None)
+    message, _ = await store.add_user_message(T, session.id, content="hi", reply_id="msg_fast")
+    assert await store.add_assistant_message(reply(session.id, "msg_fast")) is not None
+    await store.remove_turn(T, session.id, message.id)
+    assert await store.recent_messages(T, session.id, 10) == []

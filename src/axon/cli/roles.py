@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from axon.cli import build
-from axon.cli.run import announce, serve_http
+from axon.cli.run import announce, bounded, serve_http
 from axon.config import Settings
 from axon.gateway.app import create_app, create_gateway_app, create_ops_app
 from axon.gateway.proxy import Upstreams
@@ -39,8 +39,8 @@ async def session_manager_app(settings: Settings, *, edge: bool) -> FastAPI:
         finally:
             for loop in loops:
                 loop.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
-            await backends.close()
+            await bounded(asyncio.gather(*loops, return_exceptions=True), "background loops")
+            await bounded(backends.close(), "closing backends")
 
     return create_app(services, lifespan, edge=edge)
 
@@ -59,7 +59,7 @@ async def gateway_app(settings: Settings) -> FastAPI:
             yield
         finally:
             await upstreams.close()
-            await backends.close()
+            await bounded(backends.close(), "closing backends")
 
     return create_gateway_app(settings, upstreams, authenticator, backends.limiter(), lifespan)
 
@@ -83,7 +83,7 @@ async def run_worker(settings: Settings) -> None:
         finally:
             await worker.stop()
             await engine.close()
-            await backends.close()
+            await bounded(backends.close(), "closing backends")
 
     checks: dict[str, Check] = {
         "model": build.model_loaded(engine),

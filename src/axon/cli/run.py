@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -17,6 +17,21 @@ from axon.gateway.app import create_app
 from axon.worker.engines.base import Engine
 
 log = logging.getLogger(__name__)
+
+
+#: Longest a role's shutdown may take once its server has stopped: past it the process
+#: exits anyway (whatever was unfinished is another replica's, or the broker's, again).
+SHUTDOWN_S = 20.0
+
+
+async def bounded(work: Awaitable[object], what: str) -> None:
+    """Await ``work`` for at most ``SHUTDOWN_S``: a shutdown step that hangs (a datastore
+    gone quiet) must not keep a stopping process alive until something kills it."""
+    try:
+        async with asyncio.timeout(SHUTDOWN_S):
+            await work
+    except TimeoutError:
+        log.warning("shutdown step did not finish in time; exiting anyway", extra={"step": what})
 
 
 def announce(settings: Settings, role: str) -> None:
@@ -53,9 +68,9 @@ async def embedded_app(settings: Settings, engine: Engine | None = None) -> Fast
             await worker.stop()
             for loop in loops:
                 loop.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
+            await bounded(asyncio.gather(*loops, return_exceptions=True), "background loops")
             await engine.close()
-            await backends.close()
+            await bounded(backends.close(), "closing backends")
 
     return create_app(services, lifespan)
 

@@ -389,6 +389,13 @@ class SqlSessionStore(SessionStore):
             ).first()
             if row is not None and row.reply_id is not None:
                 await conn.execute(sa.delete(outbox).where(outbox.c.reply_id == row.reply_id))
+                # A job the broker took after all, and answered before this: its reply goes
+                # with the turn (later ones find no turn and are dropped).
+                await conn.execute(
+                    sa.delete(messages).where(
+                        messages.c.id == row.reply_id, messages.c.tenant == tenant
+                    )
+                )
 
     @_retried
     async def published(self, reply_id: str) -> None:
@@ -438,13 +445,23 @@ class SqlSessionStore(SessionStore):
             .on_conflict_do_nothing(index_elements=["id"])
             .returning(messages)
         )
-        exists = sa.select(sessions.c.id).where(
-            sessions.c.id == reply.session_id, sessions.c.tenant == reply.tenant
+        # The turn that asked for it, locked: a turn withdrawn after a refused publish
+        # (``remove_turn``, which takes the same row) cannot end up with an answer.
+        turn = (
+            sa.select(messages.c.id)
+            .where(
+                messages.c.reply_id == reply.id,
+                messages.c.session_id == reply.session_id,
+                messages.c.tenant == reply.tenant,
+            )
+            .with_for_update()
         )
         try:
             async with self._tx() as conn:
-                if (await conn.execute(exists)).first() is None:
-                    return None  # the session was deleted while the reply was generated
+                if (await conn.execute(turn)).first() is None:
+                    # The session was deleted while the reply was generated, or the turn
+                    # was withdrawn (its client got a 503 and was told nothing is kept).
+                    return None
                 # Insert first: only the write that stored the reply touches the session,
                 # so a losing duplicate changes nothing at all.
                 row = (await conn.execute(stmt)).first()

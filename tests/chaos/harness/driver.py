@@ -63,12 +63,16 @@ class Workload:
         poison_marker: str | None = None,
         poison_every: int = 0,
         drop_after_tokens: tuple[int, int] | None = None,
+        retry_refused: bool = True,
     ) -> None:
-        self.gateways = gateways
+        #: Where turns are sent and re-attached; a scenario may take one out (a lost zone,
+        #: as a load balancer would).
+        self.gateways = list(gateways)
         self.conversations = conversations
         self.poison_marker = poison_marker
         self.poison_every = poison_every
         self.drop_after_tokens = drop_after_tokens
+        self.retry_refused = retry_refused
         self.turns: list[Turn] = []
         self.session_ids: list[str] = []
         self.session_errors: list[str] = []
@@ -118,6 +122,8 @@ class Workload:
             self.turns.append(turn)
             await self.send(turn)
             index += 1
+            if not turn.accepted:
+                await asyncio.sleep(BACKOFF_MAX_S)
 
     async def _create_session(self, c: int) -> str | None:
         started = time.monotonic()
@@ -158,6 +164,10 @@ class Workload:
             if ended is Ended.FATAL:
                 turn.gave_up = "refused for good"
                 return
+            if ended is Ended.REFUSED and not self.retry_refused:
+                # An answer, not a lost connection: the turn was refused, and stays so.
+                turn.gave_up = f"refused ({turn.refusals[-1]})"
+                return
             if time.monotonic() - turn.sent_at > GIVE_UP_S:
                 turn.gave_up = f"not accepted in {GIVE_UP_S:.0f} s"
                 return
@@ -170,12 +180,14 @@ class Workload:
         ``drop_at`` tokens)."""
         url = f"{gateway}/v1/sessions/{turn.session_id}/messages"
         body = {"content": turn.content, "stream": True}
+        posted = time.monotonic()
         try:
             async with self.http.stream(
                 "POST", url, json=body, headers={"Idempotency-Key": turn.key}
             ) as r:
                 if r.status_code != 200:
                     turn.refusals.append(f"{r.status_code} {_code(await r.aread())}")
+                    turn.refused_after_s.append(time.monotonic() - posted)
                     return Ended.REFUSED if r.status_code in RETRY_STATUSES else Ended.FATAL
                 ended = await self._follow(turn, r, drop_at)
         except httpx.TransportError as exc:

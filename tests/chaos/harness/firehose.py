@@ -11,13 +11,13 @@ import json
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
-from .rabbitmq import PrivateRabbitMQ
+from support.clusters import RabbitCluster
 
 TRACE_EXCHANGE = "amq.rabbitmq.trace"
 
 
 class Firehose:
-    def __init__(self, rabbitmq: PrivateRabbitMQ, jobs_queue: str) -> None:
+    def __init__(self, rabbitmq: RabbitCluster, jobs_queue: str) -> None:
         self._rabbitmq = rabbitmq
         self._queue = jobs_queue
         self._connection: AbstractRobustConnection | None = None
@@ -25,8 +25,8 @@ class Firehose:
         self.jobs: dict[str, bytes] = {}
 
     async def start(self) -> None:
-        await asyncio.to_thread(self._rabbitmq.ctl, "trace_on")
-        self._connection = await aio_pika.connect_robust(self._rabbitmq.url)
+        await asyncio.to_thread(self._rabbitmq.ctl, 0, "trace_on")
+        self._connection = await aio_pika.connect_robust(self._rabbitmq.url(0))
         channel = await self._connection.channel()
         copies = await channel.declare_queue(exclusive=True, auto_delete=True)
         # Publishes to the default exchange are traced as "publish." (an empty name).

@@ -89,3 +89,23 @@ async def wait_user_row(store_url: str, key: str, within_s: float) -> Stored | N
 
 def summary(rows: list[Stored]) -> str:
     return ", ".join(f"{r.role}/{r.status}/{len(r.content)} chars" for r in rows) or "nothing"
+
+
+async def rows_in_session(store_url: str, session_id: str) -> list[Stored]:
+    """Every message stored in one session."""
+    engine = create_async_engine(store_url)
+    try:
+        async with engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    sa.text(
+                        "SELECT id, session_id, role, status, content, reply_id, "
+                        "idempotency_key, error_code FROM axon_messages "
+                        "WHERE session_id = :sid ORDER BY pos"
+                    ),
+                    {"sid": session_id},
+                )
+            ).all()
+    finally:
+        await engine.dispose()
+    return [Stored(*row) for row in rows]

@@ -15,17 +15,26 @@ WHOLE_WITHIN_S = 180.0
 
 
 async def whole_again(run: Run) -> float | None:
-    """Seconds from the fault's end until every process is ready and a fresh turn, in a
-    fresh session, succeeds."""
-    assert run.fault_ended_at is not None
+    """Seconds from the fault's end (once the scenario has said it ended) until every
+    process is ready and a fresh turn, in a fresh session, succeeds."""
+    while run.fault_ended_at is None:
+        await run.sleep(0.1)
     deadline = run.fault_ended_at + WHOLE_WITHIN_S
     last = ""
     while time.monotonic() < deadline:
         ready = await run.stack.readiness(run.http)
         if all(status == 200 for status in ready.values()):
+            probed = time.monotonic()
             outcome = await probe_turn(run.http, run.stack.gateway_urls[0])
             if outcome == "ok":
-                return time.monotonic() - run.fault_ended_at
+                took = time.monotonic() - run.fault_ended_at
+                if took > 2.0:
+                    turn_s = time.monotonic() - probed
+                    run.note(
+                        f"whole again after {took:.1f} s: the last wait was on "
+                        f"{last or 'nothing'}; the fresh turn took {turn_s:.1f} s"
+                    )
+                return took
             last = f"fresh turn: {outcome}"
         else:
             last = f"not ready: { {k: v for k, v in ready.items() if v != 200} }"

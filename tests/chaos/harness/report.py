@@ -30,7 +30,7 @@ class Row:
 
 
 COLUMNS = (
-    f"{'scenario':<28} {'sent':>5} {'acc':>5} {'lost':>5} {'dup':>4} {'cut':>4} "
+    f"{'scenario':<32} {'sent':>5} {'acc':>5} {'lost':>5} {'dup':>4} {'cut':>4} "
     f"{'mism':>5} {'stall':>5} {'orph':>5} {'whole s':>8} {'run s':>6}  result"
 )
 
@@ -38,7 +38,7 @@ COLUMNS = (
 def line(row: Row) -> str:
     whole = f"{row.whole_again_s:.1f}" if row.whole_again_s is not None else "never"
     return (
-        f"{row.scenario:<28} {row.sent:>5} {row.accepted:>5} {row.lost:>5} "
+        f"{row.scenario:<32} {row.sent:>5} {row.accepted:>5} {row.lost:>5} "
         f"{row.duplicated:>4} {row.cut_short:>4} {row.mismatched:>5} {row.stalled:>5} "
         f"{row.orphaned:>5} {whole:>8} {row.duration_s:>6.0f}  "
         + ("pass" if row.passed else "FAIL")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,9 +55,7 @@ class Outcome:
 def execute(scenario: Scenario, data_dir: Path) -> Outcome:
     plan = scenario.plan
     started = time.monotonic()
-    stores = Datastores.start(
-        redis=plan.private_redis, postgres=plan.private_postgres, rabbitmq=plan.private_rabbitmq
-    )
+    stores = Datastores.start(plan.private())
     try:
         env = {**stores.env(), **plan.env}
         stack = ChaosStack(
@@ -65,6 +64,7 @@ def execute(scenario: Scenario, data_dir: Path) -> Outcome:
             managers=plan.managers,
             workers=plan.workers,
             gateways=plan.gateways,
+            member_env=stores.member_env,
         )
         try:
             run, verdict, whole = asyncio.run(_drive(scenario, stores, stack))
@@ -116,29 +116,49 @@ async def _drive(
         poison_marker=plan.poison_marker,
         poison_every=plan.poison_every,
         drop_after_tokens=plan.drop_after_tokens,
+        retry_refused=plan.retry_refused,
     )
     run = Run(plan, stores, stack, load)
+    if stores.started:
+        run.note(
+            "private datastores started in "
+            + ", ".join(f"{name} {s:.1f} s" for name, s in stores.started.items())
+        )
+    whole: asyncio.Task[float | None] | None = None
     try:
         driving = asyncio.create_task(load.run())
         streaming = await load.wait_streaming(plan.streaming_at_fault)
         run.note(f"{streaming} replies mid-stream when the fault began")
+        # From the moment the fault ends, even if the scenario goes on with checks of its
+        # own (or restarts what it killed: that boot is part of being whole again).
+        whole = asyncio.create_task(whole_again(run))
         await scenario.fault(run)
         if run.fault_ended_at is None:
             run.end_fault()
-        whole = asyncio.create_task(whole_again(run))
         await run.sleep(plan.after_s)
         load.stop()
         await _wind_down(run, driving)
         whole_s = await whole
+        if whole_s is not None and run.fault_began_at is not None:
+            assert run.fault_ended_at is not None
+            since = run.fault_ended_at - run.fault_began_at + whole_s
+            run.note(f"whole again {since:.1f} s after the fault struck")
         stored = await settle(stores.store_url, load.turns, load.session_ids)
         verdict = check(load.turns, stored, REPLY_TOKENS)
+        run.stored = stored
         await final_state(run)
         if scenario.verify is not None:
-            scenario.verify(run, verdict)
+            verified = scenario.verify(run, verdict)
+            if inspect.isawaitable(verified):
+                await verified
         if load.session_errors:
             run.note(f"session creation errors: {load.session_errors[:5]}")
         return run, verdict, whole_s
     finally:
+        if whole is not None and not whole.done():
+            whole.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await whole
         await load.close()
 
 

@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from .checker import Verdict
-from .datastores import Datastores
+from .checker import Stored, Verdict
+from .datastores import Datastores, Private
 from .driver import Workload
 from .stack import ChaosStack, Member
 
@@ -39,6 +39,17 @@ class Plan:
     private_redis: bool = False
     private_postgres: bool = False
     private_rabbitmq: bool = False
+    #: A Redis primary and replica under three Sentinels; the stack is given the Sentinels.
+    redis_sentinels: bool = False
+    #: A PostgreSQL primary and a synchronous standby; the stack is given both hosts.
+    postgres_standby: bool = False
+    #: Nodes of the private RabbitMQ; the stack is given every node's URL.
+    rabbitmq_nodes: int = 1
+    #: Roles that reach the private RabbitMQ through a proxy (``run.stores.proxy``).
+    rabbitmq_proxy: tuple[str, ...] = ()
+    #: Two availability zones (``harness/zones.py``): one gateway, session manager and
+    #: worker in each, and the clustered datastores spread over both.
+    zones: bool = False
     env: dict[str, str] = field(default_factory=dict)
     managers: int = 2
     workers: int = 2
@@ -50,8 +61,24 @@ class Plan:
     poison_marker: str | None = None
     poison_every: int = 0
     drop_after_tokens: tuple[int, int] | None = None
+    #: Send a refused turn again with its key until it is accepted (as a client that
+    #: honours Retry-After does); False: a refused turn counts as sent and not accepted, and
+    #: its conversation goes on with the next one.
+    retry_refused: bool = True
     #: Rough run time, so that the longest scenarios start first.
     cost_s: float = 60.0
+
+    def private(self) -> Private:
+        return Private(
+            redis=self.private_redis,
+            redis_sentinels=self.redis_sentinels or self.zones,
+            postgres=self.private_postgres,
+            postgres_standby=self.postgres_standby or self.zones,
+            rabbitmq=self.private_rabbitmq or self.zones,
+            rabbitmq_nodes=3 if self.zones else self.rabbitmq_nodes,
+            rabbitmq_proxy=self.rabbitmq_proxy,
+            zones=self.zones,
+        )
 
 
 class Run:
@@ -63,6 +90,9 @@ class Run:
         self.stack = stack
         self.load = load
         self.http = load.http
+        #: When the fault struck, for faults that end later than that on their own terms
+        #: (a failover ends once the datastore serves again): see ``begin_fault``.
+        self.fault_began_at: float | None = None
         self.fault_ended_at: float | None = None
         #: The scenario's own failed expectations (besides the checker's).
         self.problems: list[str] = []
@@ -70,6 +100,8 @@ class Run:
         self.notes: list[str] = []
         #: Counters summed over the stack's processes at the end (since each one's start).
         self.metrics: list[str] = []
+        #: The workload's stored messages, once settled (for a scenario's own checks).
+        self.stored: list[Stored] = []
         self.started = time.monotonic()
 
     async def sleep(self, seconds: float) -> None:
@@ -90,6 +122,11 @@ class Run:
         took = await self.call(self.stack.restart, member)
         self.note(f"{member.name} restarted, ready after {took:.1f} s")
 
+    def begin_fault(self) -> None:
+        """The fault strikes now; the report then also tells how long the stack took to be
+        whole again counted from here."""
+        self.fault_began_at = time.monotonic()
+
     def end_fault(self) -> None:
         self.fault_ended_at = time.monotonic()
         self.note(f"fault ended at +{self.fault_ended_at - self.started:.1f} s")
@@ -103,7 +140,7 @@ class Run:
 
 
 Fault = Callable[[Run], Awaitable[None]]
-Verify = Callable[[Run, Verdict], None]
+Verify = Callable[[Run, Verdict], Awaitable[None] | None]
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,13 @@ import asyncio
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
+from support.clusters import free_port
 from support.server import AxonProcess, run_axon
 
 #: The fake engine, slow enough that a reply lasts about three seconds (faults land
@@ -60,9 +62,13 @@ class ChaosStack:
         managers: int = 2,
         workers: int = 2,
         gateways: int = 2,
+        member_env: Callable[[str, int], dict[str, str]] | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.env = {**BASE_ENV, **env}
+        self._member_env = member_env
+        #: Members taken out of the stack for good (a lost zone): still stopped at the end.
+        self.gone: list[Member] = []
         run_axon(["db", "upgrade"], data_dir=data_dir, env=self.env)
         self.managers = [self._member("session-manager", i) for i in range(managers)]
         self.workers = [self._member("worker", i) for i in range(workers)]
@@ -82,7 +88,11 @@ class ChaosStack:
             raise
 
     def _member(self, role: str, index: int, extra: dict[str, str] | None = None) -> Member:
-        process = AxonProcess([role], data_dir=self.data_dir, env={**self.env, **(extra or {})})
+        env = {**self.env, **(extra or {})}
+        if self._member_env is not None:
+            env |= self._member_env(role, index)
+        # A port below the ephemeral range, which outgoing connections cannot take meanwhile.
+        process = AxonProcess([role], data_dir=self.data_dir, env=env, port=free_port())
         short = {"session-manager": "manager"}.get(role, role)
         return Member(f"{short}-{index}", process)
 
@@ -93,6 +103,14 @@ class ChaosStack:
     @property
     def gateway_urls(self) -> list[str]:
         return [g.url for g in self.gateways]
+
+    def retire(self, member: Member) -> None:
+        """Take ``member`` out of the stack for good (its zone is lost): readiness, the job
+        queue's consumers and the fresh turns of "whole again" are asked of the others."""
+        for group in (self.managers, self.workers, self.gateways):
+            if member in group:
+                group.remove(member)
+        self.gone.append(member)
 
     # -- faults -------------------------------------------------------------------------
 
@@ -156,12 +174,12 @@ class ChaosStack:
         return {m.name: a for m, a in zip(self.members, answers, strict=True)}
 
     def logs(self) -> dict[str, Path]:
-        return {m.name: m.process.log_path for m in self.members}
+        return {m.name: m.process.log_path for m in [*self.members, *self.gone]}
 
     def stop(self) -> None:
         """SIGTERM to every member at once (one by one, each waiting out its grace, takes
         most of a minute), then SIGKILL to any still running after 30 s."""
-        running = [m.process.proc for m in self.members if m.alive()]
+        running = [m.process.proc for m in [*self.members, *self.gone] if m.alive()]
         for proc in running:
             assert proc is not None
             proc.send_signal(signal.SIGCONT)  # a paused member cannot act on SIGTERM

@@ -35,6 +35,8 @@ class Turn:
     attempts: int = 0
     #: Why each POST that did not reach ``turn`` failed ("503 queue_unavailable", ...).
     refusals: list[str] = field(default_factory=list)
+    #: How long each refused POST took to be answered.
+    refused_after_s: list[float] = field(default_factory=list)
     #: ``reply_id`` of every ``turn`` event received: more than one distinct id means a
     #: retry with the same key started a second turn.
     reply_ids: list[str] = field(default_factory=list)
