@@ -25,22 +25,13 @@ if [ "$#" -gt 0 ]; then
     exec python3 -m pytest "$@"
 fi
 
-# The fault-injection suite starts private datastores and axon processes and mostly waits
-# on them, so it runs beside the rest of the tests; both must pass. Its table goes to
-# build/chaos.jsonl (`python scripts/reliability_table.py build/chaos.jsonl` writes it
-# into docs/reliability.md).
+# The fault-injection suite runs after the rest: beside it, its load (private datastores,
+# a dozen axon processes per scenario) made timing-bound tests elsewhere flaky on 2 cores.
+# Its table goes to build/chaos.jsonl (`python scripts/reliability_table.py
+# build/chaos.jsonl` writes it into docs/reliability.md).
+echo "== pytest (everything but the fault-injection suite)"
+python3 -m pytest --ignore=tests/chaos
+echo "== pytest tests/chaos"
 mkdir -p build
 rm -f build/chaos.jsonl
-echo "== pytest tests/chaos (in the background, output at the end)"
-AXON_TEST_CHAOS_REPORT=build/chaos.jsonl \
-    python3 -m pytest tests/chaos -p no:cacheprovider -rA > build/chaos.out 2>&1 &
-chaos=$!
-echo "== pytest (everything else)"
-status=0
-python3 -m pytest --ignore=tests/chaos || status=$?
-chaos_status=0
-wait "$chaos" || chaos_status=$?
-echo "== pytest tests/chaos: exit $chaos_status"
-cat build/chaos.out
-[ "$chaos_status" -eq 0 ] || status=$chaos_status
-exit "$status"
+AXON_TEST_CHAOS_REPORT=build/chaos.jsonl python3 -m pytest tests/chaos -p no:cacheprovider
