@@ -13,8 +13,9 @@ import sqlalchemy as sa
 from axon.cli.build import Backends
 from axon.config import Settings, StoreSettings
 from axon.core.errors import StoreUnavailable
+from axon.sessions.database import make_engine
 from axon.sessions.migrate import upgrade
-from axon.sessions.sql import SqlSessionStore, make_engine
+from axon.sessions.sql import SqlSessionStore
 from support.clusters import ClusterError, ClusterUnavailable, PostgresPair, wait_for
 from support.services import missing
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from axon.sessions.sql import SqlSessionStore, make_engine
+from axon.sessions.database import make_engine
+from axon.sessions.sql import SqlSessionStore
 from support.services import POSTGRES_ADMIN, require_port
 
 pytestmark = pytest.mark.integration

@@ -20,9 +20,10 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from axon.core.errors import NotFound, StoreUnavailable
 from axon.core.types import ChatMessage, FinishReason, Job, SamplingParams
 from axon.queue.memory import MemoryJobQueue
+from axon.sessions.database import make_engine
 from axon.sessions.migrate import upgrade
 from axon.sessions.outbox import OutboxSweeper
-from axon.sessions.sql import SqlSessionStore, make_engine
+from axon.sessions.sql import SqlSessionStore
 from axon.sessions.store import AssistantReply
 from axon.sessions.tables import messages, sessions
 from support.services import POSTGRES_ADMIN, missing

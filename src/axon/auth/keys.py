@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from axon.auth.base import AuthFailure
 from axon.core.errors import InvalidRequest, NotFound
 from axon.core.ids import new_id
-from axon.sessions.sql import aware, transaction
+from axon.sessions.database import aware, transaction
 from axon.sessions.tables import api_keys
 
 KEY_PREFIX = "axon_"

@@ -154,7 +154,7 @@ class Backends:
         """The durable store's engine, shared by the session store and the key store."""
         if self._engine is None:
             from axon.sessions import migrate as migrations
-            from axon.sessions.sql import engine_url, make_engine
+            from axon.sessions.database import engine_url, make_engine
 
             # The migrations build an engine of their own: give them a multi-host URL in
             # the form SQLAlchemy parses.

@@ -49,8 +49,8 @@ def _line(r: KeyRecord) -> str:
 async def _run(args: argparse.Namespace, settings: Settings) -> None:
     # Imported here: every other command's start-up should not pay for the database layer.
     from axon.auth.keys import KeyStore
+    from axon.sessions.database import ensure_database, make_engine
     from axon.sessions.migrate import upgrade
-    from axon.sessions.sql import ensure_database, make_engine
 
     url = settings.store_url
     await ensure_database(url)

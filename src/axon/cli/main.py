@@ -125,8 +125,8 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "keys":
             sys.exit(keys.run_keys(args, settings))
         elif args.command == "db":
+            from axon.sessions.database import ensure_database
             from axon.sessions.migrate import upgrade_sync
-            from axon.sessions.sql import ensure_database
 
             asyncio.run(ensure_database(settings.store_url))
             upgrade_sync(settings.store_url)

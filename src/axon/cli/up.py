@@ -19,8 +19,8 @@ import httpx
 
 from axon.cli.supervisor import Child, ChildSpec, Supervisor
 from axon.config import Settings
+from axon.sessions.database import ensure_database
 from axon.sessions.migrate import upgrade_sync
-from axon.sessions.sql import ensure_database
 
 DEFAULT_STORE = "postgresql+asyncpg://postgres@127.0.0.1:5432/axon"
 READY_TIMEOUT_S = 180.0

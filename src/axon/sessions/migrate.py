@@ -8,7 +8,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-from axon.sessions.sql import engine_url, ensure_sqlite_dir
+from axon.sessions.database import engine_url, ensure_sqlite_dir
 
 _SCRIPTS = Path(__file__).parent / "migrations"
 

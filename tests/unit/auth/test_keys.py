@@ -14,8 +14,8 @@ from axon.auth.base import AuthFailure
 from axon.auth.keys import KEY_PREFIX, KeyStore
 from axon.config import AuthSettings
 from axon.core.errors import InvalidRequest, NotFound
+from axon.sessions.database import make_engine
 from axon.sessions.migrate import upgrade
-from axon.sessions.sql import make_engine
 from axon.sessions.tables import api_keys
 
 

@@ -20,9 +20,10 @@ from sqlalchemy.dialects.postgresql.asyncpg import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from axon.core.errors import NotFound, StoreUnavailable
-from axon.sessions import sql
+from axon.sessions import database
+from axon.sessions.database import engine_url, is_transient, make_engine
 from axon.sessions.migrate import upgrade
-from axon.sessions.sql import SqlSessionStore, engine_url, is_transient, make_engine
+from axon.sessions.sql import SqlSessionStore
 from axon.sessions.tables import messages, sessions
 
 T = "tenant-1"
@@ -162,7 +163,7 @@ async def store(tmp_path: Path) -> AsyncIterator[SqlSessionStore]:
 
 @pytest.fixture
 def no_pauses(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sql, "_RETRY_PAUSES_S", (0.0, 0.0))
+    monkeypatch.setattr(database, "_RETRY_PAUSES_S", (0.0, 0.0))
 
 
 class AnswerLost:
