@@ -6,14 +6,27 @@ Prometheus form; Axon's own are prefixed ``axon_``.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+# process_start_time_seconds, CPU seconds, resident memory: restarts and cost per role.
+ProcessCollector(registry=REGISTRY)
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _TOKEN_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
 _TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384)
+#: Datastore calls: a healthy one takes a millisecond or two, a failover seconds.
+_DATASTORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5)
+_STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 TIME_TO_FIRST_TOKEN = Histogram(
     "gen_ai_server_time_to_first_token_seconds",
@@ -58,8 +71,60 @@ HTTP_DURATION = Histogram(
 )
 TURN_FIRST_TOKEN = Histogram(
     "axon_turn_time_to_first_token_seconds",
-    "Time from queueing a chat request to relaying its first token, as the client sees it.",
+    "Time from queueing a chat turn to relaying its first token, as the client sees it "
+    "(the time-to-first-token SLO's measure).",
+    ["model"],
     buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+TURNS = Counter(
+    "axon_turns_total",
+    "Chat turns (session turns and stateless completions) that ended, by outcome: ok, "
+    "cancelled, error (a server-side failure: the availability SLO's bad events), "
+    "abandoned (the client left before the end).",
+    ["model", "outcome"],
+    registry=REGISTRY,
+)
+TURN_STAGE = Histogram(
+    "axon_turn_stage_duration_seconds",
+    "Time a turn spent in each stage: admit (session manager, request to job queued), "
+    "queue_wait (queued to a worker's claim), prefill (claim to first token), decode "
+    "(first token to final event), store (writing the reply).",
+    ["model", "stage"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+QUEUE_WAIT = Histogram(
+    "axon_job_queue_wait_seconds",
+    "Time a job waited in the queue before a worker started its first attempt.",
+    ["model"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+RELAY_LAG = Histogram(
+    "axon_stream_relay_lag_seconds",
+    "Time from a worker appending a token batch to the session manager handing it to the "
+    "client's connection.",
+    buckets=_TOKEN_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+OPEN_STREAMS = Gauge(
+    "axon_open_client_streams",
+    "Client streams (SSE responses) this process is serving now.",
+    registry=REGISTRY,
+)
+CANCELLATIONS = Counter(
+    "axon_cancellations_total",
+    "Replies stopped before their end, by cause: client_request (the cancel endpoint), "
+    "client_disconnect (a stateless client left), deadline (the request timed out), "
+    "queue_wait (waited too long in the queue).",
+    ["cause"],
+    registry=REGISTRY,
+)
+BUILD_INFO = Gauge(
+    "axon_build_info",
+    "Always 1; labels name the version, the role, and the engine and model it serves.",
+    ["version", "role", "engine", "model"],
     registry=REGISTRY,
 )
 JOBS_PUBLISHED = Counter(
@@ -97,6 +162,115 @@ WORKER_CAPACITY = Gauge(
     "axon_worker_capacity_sequences",
     "Jobs a worker can run at once.",
     ["model"],
+    registry=REGISTRY,
+)
+PROMPT_TOKENS = Counter(
+    "axon_prompt_tokens_total",
+    "Prompt tokens the engine processed (cached prefix included).",
+    ["model"],
+    registry=REGISTRY,
+)
+GENERATION_TOKENS = Counter(
+    "axon_generation_tokens_total",
+    "Output tokens the engine generated.",
+    ["model"],
+    registry=REGISTRY,
+)
+PREFIX_CACHE_QUERIES = Counter(
+    "axon_prefix_cache_queries_tokens_total",
+    "Prompt tokens looked up in the engine's prefix cache.",
+    ["model"],
+    registry=REGISTRY,
+)
+PREFIX_CACHE_HITS = Counter(
+    "axon_prefix_cache_hits_tokens_total",
+    "Prompt tokens found in the engine's prefix cache (not computed again).",
+    ["model"],
+    registry=REGISTRY,
+)
+ENGINE_STEP = Histogram(
+    "axon_engine_step_duration_seconds",
+    "Time of one engine step (one batched forward pass).",
+    ["model"],
+    buckets=_STEP_BUCKETS,
+    registry=REGISTRY,
+)
+ENGINE_BATCH = Histogram(
+    "axon_engine_batch_size_sequences",
+    "Sequences decoded together in one engine step.",
+    ["model"],
+    buckets=_BATCH_BUCKETS,
+    registry=REGISTRY,
+)
+ENGINE_KV_USAGE = Gauge(
+    "axon_engine_kv_cache_usage_ratio",
+    "Share of the engine's KV cache in use (0 to 1).",
+    ["model"],
+    registry=REGISTRY,
+)
+QUEUE_DEPTH = Gauge(
+    "axon_queue_depth_jobs",
+    "Jobs waiting in a model's queue, as the broker reports it (refreshed every few "
+    "seconds by each session manager; aggregate with max).",
+    ["model"],
+    registry=REGISTRY,
+)
+QUEUE_CONSUMERS = Gauge(
+    "axon_queue_consumers",
+    "Workers consuming a model's queue, as the broker reports it (refreshed with the depth).",
+    ["model"],
+    registry=REGISTRY,
+)
+JOBS_REDELIVERED = Counter(
+    "axon_jobs_redelivered_total",
+    "Deliveries of a job that had been delivered before (a worker died, stopped, or "
+    "handed it back).",
+    ["model"],
+    registry=REGISTRY,
+)
+JOBS_RESUMED = Counter(
+    "axon_jobs_resumed_total",
+    "Replies a worker continued after another attempt had begun them (a worker lost "
+    "mid-reply).",
+    ["model"],
+    registry=REGISTRY,
+)
+JOBS_DEAD_LETTERED = Counter(
+    "axon_jobs_dead_lettered_total",
+    "Jobs the broker dead-lettered, read back so that their clients are told.",
+    ["model"],
+    registry=REGISTRY,
+)
+STORE_DURATION = Histogram(
+    "axon_store_operation_duration_seconds",
+    "Time of a session-store call (PostgreSQL or SQLite), retries included, by operation.",
+    ["operation"],
+    buckets=_DATASTORE_BUCKETS,
+    registry=REGISTRY,
+)
+STORE_ERRORS = Counter(
+    "axon_store_errors_total",
+    "Session-store calls that failed (the store unreachable or failing over), by operation.",
+    ["operation"],
+    registry=REGISTRY,
+)
+CACHE_DURATION = Histogram(
+    "axon_cache_operation_duration_seconds",
+    "Time of a session-cache call (Redis), by operation.",
+    ["operation"],
+    buckets=_DATASTORE_BUCKETS,
+    registry=REGISTRY,
+)
+CACHE_ERRORS = Counter(
+    "axon_cache_errors_total",
+    "Session-cache calls that failed (Redis unreachable), by operation.",
+    ["operation"],
+    registry=REGISTRY,
+)
+CACHE_LOOKUPS = Counter(
+    "axon_cache_lookups_total",
+    "Conversation history lookups in the session cache, by result (hit or miss).",
+    ["result"],
     registry=REGISTRY,
 )
 STREAM_ENTRIES = Counter(
