@@ -363,6 +363,21 @@ class LogSettings(BaseModel):
     json_format: bool = Field(True, description="One JSON object per line (else plain text).")
 
 
+class TracingSettings(BaseModel):
+    otlp_endpoint: str | None = Field(
+        None,
+        description="OTLP/HTTP collector to export traces to (e.g. `http://collector:4318`); "
+        "unset: `OTEL_EXPORTER_OTLP_ENDPOINT`; neither: tracing is off and costs nothing.",
+    )
+    sample_ratio: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of new traces recorded (a request that arrives with a sampled "
+        "`traceparent` is always recorded).",
+    )
+
+
 class Settings(BaseSettings):
     """Every Axon setting. See the README's configuration table."""
 
@@ -374,6 +389,7 @@ class Settings(BaseSettings):
     )
     service: str = Field("axon", description="Service name in logs and metrics.")
     server: ServerSettings = Field(default_factory=ServerSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
     models: list[EngineSettings] = Field(

@@ -11,6 +11,7 @@ from axon.cli import keys
 from axon.config import Settings
 from axon.core.errors import ConfigError
 from axon.observability import logging as axon_logging
+from axon.observability import tracing
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -112,6 +113,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.command in ("serve", "gateway", "session-manager", "worker", "up"):
         _raise_file_limit()
     try:
+        if args.command in ("serve", "gateway", "session-manager", "worker"):
+            # Before any client is built: the instrumentations patch the libraries' classes.
+            tracing.configure(f"{settings.service}-{args.command}", settings.tracing)
         if args.command == "serve":
             from axon.cli.run import serve_embedded
 
@@ -136,3 +140,5 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         pass
+    finally:
+        tracing.shutdown()

@@ -16,6 +16,7 @@ from axon.config import Settings
 from axon.gateway.app import create_app, create_gateway_app, create_ops_app
 from axon.gateway.proxy import Upstreams
 from axon.gateway.services import Check
+from axon.observability import tracing
 
 
 async def session_manager_app(settings: Settings, *, edge: bool) -> FastAPI:
@@ -33,7 +34,7 @@ async def session_manager_app(settings: Settings, *, edge: bool) -> FastAPI:
             asyncio.create_task(manager.consume_completions()),
             asyncio.create_task(manager.sweep_outbox()),
         ]
-        announce(settings, "session-manager" if not edge else "gateway")
+        announce(settings, "session-manager" if not edge else "gateway", settings.served_models)
         try:
             yield
         finally:
@@ -42,7 +43,9 @@ async def session_manager_app(settings: Settings, *, edge: bool) -> FastAPI:
             await bounded(asyncio.gather(*loops, return_exceptions=True), "background loops")
             await bounded(backends.close(), "closing backends")
 
-    return create_app(services, lifespan, edge=edge)
+    app = create_app(services, lifespan, edge=edge)
+    tracing.instrument_app(app)
+    return app
 
 
 async def gateway_app(settings: Settings) -> FastAPI:
@@ -54,14 +57,16 @@ async def gateway_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        announce(settings, "gateway")
+        announce(settings, "gateway", [])
         try:
             yield
         finally:
             await upstreams.close()
             await bounded(backends.close(), "closing backends")
 
-    return create_gateway_app(settings, upstreams, authenticator, backends.limiter(), lifespan)
+    app = create_gateway_app(settings, upstreams, authenticator, backends.limiter(), lifespan)
+    tracing.instrument_app(app)
+    return app
 
 
 async def run_worker(settings: Settings) -> None:
@@ -77,7 +82,7 @@ async def run_worker(settings: Settings) -> None:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await engine.start()
         await worker.start()
-        announce(settings, "worker")
+        announce(settings, "worker", [settings.engine])
         try:
             yield
         finally:

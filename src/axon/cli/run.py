@@ -10,10 +10,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from axon import __version__
 from axon.cli import build
 from axon.cli.server import serve_http as serve_http  # Re-exported: the roles import it.
-from axon.config import Settings
+from axon.config import EngineSettings, Settings
 from axon.gateway.app import create_app
+from axon.observability import metrics, tracing
 from axon.worker.engines.base import Engine
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,12 @@ async def bounded(work: Awaitable[object], what: str) -> None:
         log.warning("shutdown step did not finish in time; exiting anyway", extra={"step": what})
 
 
-def announce(settings: Settings, role: str) -> None:
+def announce(settings: Settings, role: str, models: list[EngineSettings]) -> None:
+    """Say the process is serving: ``axon_build_info`` (one series per model it serves, so
+    dashboards can list the models), and a line for people and launchers."""
+    for model in models or [None]:
+        kind, name = (model.kind, model.model) if model is not None else ("", "")
+        metrics.BUILD_INFO.labels(__version__, role, kind, name).set(1)
     url = f"http://{settings.server.host}:{settings.server.port}"
     # Printed (not only logged) so that a person and a launcher both find the address.
     print(f"axon {role} ready at {url}", file=sys.stderr, flush=True)
@@ -61,7 +68,7 @@ async def embedded_app(settings: Settings, engine: Engine | None = None) -> Fast
             asyncio.create_task(manager.consume_completions()),
             asyncio.create_task(manager.sweep_outbox()),
         ]
-        announce(settings, "serve")
+        announce(settings, "serve", [settings.engine])
         try:
             yield
         finally:
@@ -72,7 +79,9 @@ async def embedded_app(settings: Settings, engine: Engine | None = None) -> Fast
             await engine.close()
             await bounded(backends.close(), "closing backends")
 
-    return create_app(services, lifespan)
+    app = create_app(services, lifespan)
+    tracing.instrument_app(app)
+    return app
 
 
 async def serve_embedded(settings: Settings) -> None:

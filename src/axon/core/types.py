@@ -109,6 +109,15 @@ class EventKind(StrEnum):
     ERROR = "error"
 
 
+class Timings(BaseModel):
+    """Where a reply's time went on its worker (seconds), carried on its final event so that
+    the one log line of a finished turn can say it."""
+
+    queue_wait_s: float | None = None
+    prefill_s: float | None = None
+    decode_s: float | None = None
+
+
 class StreamEvent(BaseModel):
     """One entry of a request's token stream.
 
@@ -124,6 +133,8 @@ class StreamEvent(BaseModel):
     usage: Usage | None = None
     error_code: str | None = None
     error_message: str | None = None
+    #: On the final event only.
+    timings: Timings | None = None
 
     @property
     def final(self) -> bool:

@@ -188,14 +188,16 @@ async def proxied_events(chunks: AsyncIterator[bytes], drain: Drain) -> AsyncIte
     lost mid-stream (its session manager died) ends it with a re-attach event too, when
     the cut falls between events (otherwise the client sees a drop, which means the same)."""
     boundary = True
-    try:
-        async for chunk in chunks:
-            yield chunk
-            boundary = chunk.endswith(b"\n\n")
-            if drain.draining and boundary:
-                yield sse.error_frame(ShuttingDown("this gateway is shutting down"), reattach=True)
-                return
-    except httpx.HTTPError:
-        if boundary:
-            lost = Unavailable("the session manager relaying this reply was lost")
-            yield sse.error_frame(lost, reattach=True)
+    with metrics.OPEN_STREAMS.track_inprogress():
+        try:
+            async for chunk in chunks:
+                yield chunk
+                boundary = chunk.endswith(b"\n\n")
+                if drain.draining and boundary:
+                    closing = ShuttingDown("this gateway is shutting down")
+                    yield sse.error_frame(closing, reattach=True)
+                    return
+        except httpx.HTTPError:
+            if boundary:
+                lost = Unavailable("the session manager relaying this reply was lost")
+                yield sse.error_frame(lost, reattach=True)

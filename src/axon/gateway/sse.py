@@ -18,6 +18,7 @@ from axon.core.errors import AxonError, from_code
 from axon.core.types import EventKind, StreamEvent
 from axon.gateway.drain import Drain
 from axon.gateway.errors import error_body
+from axon.observability import metrics
 from axon.sessions.relay import Final, Relay
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ async def session_events(
     ``error``. An error of the relay itself (a backend lost mid-stream, this server
     draining) ends the stream with an ``error`` event that asks for a re-attach: the reply
     is unaffected. Only the reply's own final error is the end of it."""
+    metrics.OPEN_STREAMS.inc()
     try:
         if head:
             yield head
@@ -97,6 +99,7 @@ async def session_events(
     except Exception as exc:
         yield error_frame(_unexpected(exc), reattach=True)
     finally:
+        metrics.OPEN_STREAMS.dec()
         await relay.aclose()
 
 
@@ -126,6 +129,7 @@ async def openai_chunks(relay: Relay, *, include_usage: bool) -> AsyncIterator[b
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
         return f"data: {head}[{json.dumps(choice, separators=(',', ':'))}]}}\n\n".encode()
 
+    metrics.OPEN_STREAMS.inc()
     try:
         yield chunk({"role": "assistant", "content": ""})
         async for item in relay:
@@ -147,4 +151,5 @@ async def openai_chunks(relay: Relay, *, include_usage: bool) -> AsyncIterator[b
     except Exception as exc:
         yield error_frame(_unexpected(exc), event=None)
     finally:
+        metrics.OPEN_STREAMS.dec()
         await relay.aclose()

@@ -87,9 +87,9 @@ TURNS = Counter(
 )
 TURN_STAGE = Histogram(
     "axon_turn_stage_duration_seconds",
-    "Time a turn spent in each stage: admit (session manager, request to job queued), "
-    "queue_wait (queued to a worker's claim), prefill (claim to first token), decode "
-    "(first token to final event), store (writing the reply).",
+    "Time a turn spent in the stages no other metric measures: admit (session manager, "
+    "request to job queued), decode (worker, first token to final event), store (writing "
+    "the reply). The queue wait, prefill and relay have their own metrics.",
     ["model", "stage"],
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
@@ -230,8 +230,7 @@ JOBS_REDELIVERED = Counter(
 )
 JOBS_RESUMED = Counter(
     "axon_jobs_resumed_total",
-    "Replies a worker continued after another attempt had begun them (a worker lost "
-    "mid-reply).",
+    "Replies a worker continued after another attempt had begun them (a worker lost mid-reply).",
     ["model"],
     registry=REGISTRY,
 )

@@ -9,6 +9,7 @@ import asyncio
 import functools
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from axon.core.errors import StoreUnavailable
+from axon.observability import metrics, tracing
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +99,7 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
 
+        tracing.instrument_engine(engine.sync_engine)
         return engine
     engine = create_async_engine(
         url,
@@ -113,6 +116,7 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         if _sqlstate(context.original_exception) in _RECONNECT_SQLSTATES:
             context.is_disconnect = True
 
+    tracing.instrument_engine(engine.sync_engine)
     return engine
 
 
@@ -173,9 +177,22 @@ def _retried(
     pause: a failover or a lost connection then costs a request a moment, not an error.
     Only for calls that are safe to repeat: reads, and writes keyed by ids fixed before the
     first attempt (a repeated insert finds its own row). Not after a timeout, which has
-    already made the caller wait long enough."""
+    already made the caller wait long enough. Each call is measured, retries included
+    (``axon_store_operation_duration_seconds``, ``axon_store_errors_total``)."""
+    operation = call.__name__.lstrip("_")
+    duration = metrics.STORE_DURATION.labels(operation)
 
     @functools.wraps(call)
+    async def measured(*args: P.args, **kwargs: P.kwargs) -> T:
+        started = time.perf_counter()
+        try:
+            return await attempts(*args, **kwargs)
+        except StoreUnavailable:
+            metrics.STORE_ERRORS.labels(operation).inc()
+            raise
+        finally:
+            duration.observe(time.perf_counter() - started)
+
     async def attempts(*args: P.args, **kwargs: P.kwargs) -> T:
         for pause in _RETRY_PAUSES_S:
             try:
@@ -190,7 +207,7 @@ def _retried(
             await asyncio.sleep(pause)
         return await call(*args, **kwargs)
 
-    return attempts
+    return measured
 
 
 def aware(value: datetime) -> datetime:

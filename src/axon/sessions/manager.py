@@ -15,8 +15,6 @@ tenant's session or reply is ``NotFound``, exactly like one that does not exist.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -25,7 +23,6 @@ from dataclasses import dataclass
 from axon.config import Settings
 from axon.core.errors import (
     AxonError,
-    IdempotencyKeyReused,
     InvalidRequest,
     ModelNotFound,
     NotFound,
@@ -44,16 +41,17 @@ from axon.core.types import (
     stream_name,
 )
 from axon.models.base import ModelInfo
-from axon.observability import metrics
+from axon.observability import metrics, tracing
 from axon.observability.logging import request_id_var, session_id_var
 from axon.queue.base import JobQueue
 from axon.sessions.admission import Admission, Reservation, StreamSlot
 from axon.sessions.cache import SessionCache, session_key
+from axon.sessions.idempotency import request_hash_of, same_request
 from axon.sessions.intake import Intake
 from axon.sessions.load import LoadShedder
 from axon.sessions.outbox import OutboxSweeper
 from axon.sessions.records import MessageRecord, SessionRecord
-from axon.sessions.relay import Final, Relay, Relayed, Relays, nothing
+from axon.sessions.relay import Final, Relay, Relayed, Relays, TurnMeter, nothing
 from axon.sessions.replies import Replies
 from axon.sessions.store import SessionStore
 from axon.streaming.base import TokenStreams, parse_id
@@ -174,6 +172,7 @@ class SessionManager:
         """The newest messages of a session (the prompt's source), from the cache if warm."""
         key = session_key(tenant, session_id)
         cached = await self._cache.get(key)
+        metrics.CACHE_LOOKUPS.labels("miss" if cached is None else "hit").inc()
         if cached is not None:
             return cached
         limit = self._settings.store.history_messages
@@ -206,6 +205,8 @@ class SessionManager:
             tenant=principal.tenant,
             deadline=now + self._settings.server.request_timeout_s,
             enqueued_at=now,
+            # The worker continues this trace (also when the outbox sweeper queues it).
+            traceparent=tracing.traceparent(),
         )
 
     async def _open(self, principal: Principal, holder: str) -> StreamSlot:
@@ -237,6 +238,7 @@ class SessionManager:
     ) -> tuple[Turn, Relay]:
         """Store the user's message, then queue the job that answers it. Returns the turn
         and the relay of its reply."""
+        arrived = time.monotonic()
         session_id_var.set(session_id)
         tenant = principal.tenant
         if not content.strip():
@@ -246,7 +248,7 @@ class SessionManager:
         info = self.model(session.model)
         request_hash = None
         if idempotency_key is not None:
-            request_hash = _request_hash(content, params)
+            request_hash = request_hash_of(content, params)
             earlier = await self._replay_turn(principal, session, idempotency_key, request_hash)
             if earlier is not None:
                 return earlier
@@ -283,7 +285,7 @@ class SessionManager:
             )
             if not created:
                 # A concurrent retry with the same key stored first: follow its turn.
-                _same_request(user_message, request_hash)
+                same_request(user_message, request_hash)
                 await self._admission.settle(reservation, 0)
                 earlier_id = user_message.reply_id or reply_id
                 turn = Turn(session, user_message, earlier_id, False, reservation.headers)
@@ -304,7 +306,14 @@ class SessionManager:
             raise
         turn = Turn(session, user_message, reply_id, True, reservation.headers)
         relay = self._relays.open(
-            principal, session_id, reply_id, info.name, None, slot, reservation=reservation
+            principal,
+            session_id,
+            reply_id,
+            info.name,
+            None,
+            slot,
+            reservation=reservation,
+            turn=self._queued(info.name, arrived),
         )
         return turn, relay
 
@@ -317,9 +326,14 @@ class SessionManager:
         earlier = await self._store.find_by_idempotency_key(principal.tenant, session.id, key)
         if earlier is None or earlier.reply_id is None:
             return None
-        _same_request(earlier, request_hash)
+        same_request(earlier, request_hash)
         relay = await self.reattach(principal, session.id, earlier.reply_id, None)
         return Turn(session, earlier, earlier.reply_id, False, {}), relay
+
+    def _queued(self, model: str, arrived: float) -> TurnMeter:
+        meter = TurnMeter(model, arrived, time.monotonic())
+        metrics.TURN_STAGE.labels(model, "admit").observe(meter.queued - arrived)
+        return meter
 
     async def _publish(self, job: Job, reservation: Reservation) -> None:
         try:
@@ -351,6 +365,7 @@ class SessionManager:
         params: SamplingParams,
     ) -> Relay:
         """Queue a stateless (OpenAI-style) completion; returns the relay of its reply."""
+        arrived = time.monotonic()
         info = self.model(model)
         self._intake.check_messages(messages)
         self._load.check(info.name)
@@ -378,7 +393,7 @@ class SessionManager:
             None,
             slot,
             reservation=reservation,
-            measure=True,
+            turn=self._queued(info.name, arrived),
         )
 
     # -- replies ----------------------------------------------------------------------
@@ -450,6 +465,7 @@ class SessionManager:
         if stored is not None:
             return False
         await self._streams.cancel(stream_name(principal.tenant, reply_id))
+        metrics.CANCELLATIONS.labels("client_request").inc()
         return True
 
     async def record(self, completion: Completion) -> MessageRecord | None:
@@ -457,26 +473,15 @@ class SessionManager:
         return await self._replies.record(completion)
 
     async def consume_completions(self) -> None:
-        await self._replies.consume()
+        # A blocking read every few seconds: spans of it would be noise, not turns.
+        with tracing.quiet():
+            await self._replies.consume()
 
     async def sweep_outbox(self) -> None:
         """Queue turns whose replica died before queueing them (runs until cancelled)."""
-        await self._outbox.run()
+        with tracing.quiet():
+            await self._outbox.run()
 
     async def close(self) -> None:
         await asyncio.gather(*self._background, return_exceptions=True)
         await self._relays.close()
-
-
-def _request_hash(content: str, params: SamplingParams) -> str:
-    """What makes two sends of a turn the same request: its content and sampling."""
-    body = json.dumps([content, params.model_dump(mode="json")], sort_keys=True)
-    return hashlib.sha256(body.encode()).hexdigest()
-
-
-def _same_request(earlier: MessageRecord, request_hash: str | None) -> None:
-    if request_hash is not None and earlier.request_hash not in (None, request_hash):
-        raise IdempotencyKeyReused(
-            "this Idempotency-Key was used for a different request in this session",
-            param="Idempotency-Key",
-        )

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
+from axon.core.errors import Unavailable
+from axon.observability import metrics
 from axon.redis_client import unavailable
 from axon.sessions.cache import SessionCache
 from axon.sessions.records import MessageRecord
@@ -42,6 +46,20 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+@contextmanager
+def _call(operation: str) -> Iterator[None]:
+    """One Redis call of the cache: timed, a failure counted and raised as ``Unavailable``."""
+    started = time.perf_counter()
+    try:
+        with unavailable():
+            yield
+    except Unavailable:
+        metrics.CACHE_ERRORS.labels(operation).inc()
+        raise
+    finally:
+        metrics.CACHE_DURATION.labels(operation).observe(time.perf_counter() - started)
+
+
 class RedisSessionCache(SessionCache):
     """Per session a hash ``message id -> MessageRecord JSON`` and a sorted set of ids scored
     by ``seq``; both expire ``ttl_s`` after the last write. The caller owns ``client``.
@@ -67,7 +85,7 @@ class RedisSessionCache(SessionCache):
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.hgetall(messages_key)
             pipe.zrange(order_key, 0, -1)
-            with unavailable():
+            with _call("get"):
                 raw, order = await pipe.execute()
         if not raw:
             return None
@@ -98,11 +116,11 @@ class RedisSessionCache(SessionCache):
                 pipe.zadd(order_key, {m.id: m.seq for m in window})
                 pipe.expire(order_key, self._ttl_s)
             pipe.expire(messages_key, self._ttl_s)
-            with unavailable():
+            with _call("put"):
                 await pipe.execute()
 
     async def append(self, session_id: str, message: MessageRecord) -> None:
-        with unavailable():
+        with _call("append"):
             await self._append(
                 keys=list(self._keys(session_id)),
                 args=[
@@ -115,5 +133,5 @@ class RedisSessionCache(SessionCache):
             )
 
     async def invalidate(self, session_id: str) -> None:
-        with unavailable():
+        with _call("invalidate"):
             await self._client.delete(*self._keys(session_id))

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from axon.config import StreamSettings
 from axon.core.errors import (
@@ -30,12 +30,14 @@ from axon.core.errors import (
     Timeout,
     Unavailable,
 )
-from axon.core.types import Completion, EventKind, FinishReason, Job, StreamEvent, Usage
-from axon.observability import metrics
+from axon.core.types import EventKind, Job, StreamEvent
+from axon.observability import metrics, tracing
 from axon.observability.logging import request_id_var, session_id_var
 from axon.queue.base import Delivery
 from axon.streaming.base import ClaimState, Fence, Fenced, TokenStreams
 from axon.worker.engines.base import Engine
+from axon.worker.final import Progress as Progress
+from axon.worker.final import finish as finish
 from axon.worker.patience import patiently
 
 log = logging.getLogger(__name__)
@@ -70,28 +72,6 @@ class Lease:
     task: asyncio.Task[None] | None = None
 
 
-@dataclass
-class Progress:
-    """What one attempt has produced so far; survives the generation task's cancellation."""
-
-    prefix: str = ""
-    prefix_tokens: int = 0
-    text: list[str] = field(default_factory=list)
-    tokens: int = 0
-    prompt_tokens: int = 0
-    finish: FinishReason | None = None
-    started: float = field(default_factory=time.monotonic)
-    first_token_at: float | None = None
-    #: UTF-8 length of the reply text in the stream, the offset of the next batch.
-    written: int = 0
-    #: Set when a write failed because Redis stayed down (not the engine's failure).
-    streams_down: bool = False
-
-    @property
-    def full_text(self) -> str:
-        return self.prefix + "".join(self.text)
-
-
 async def run_job(
     job: Job,
     delivery: Delivery,
@@ -105,6 +85,21 @@ async def run_job(
     worker's registry of owned leases, which its heartbeat renews."""
     request_id_var.set(job.request_id)
     session_id_var.set(job.session_id)
+    # The job's span continues the turn's trace (its traceparent came with the job).
+    attributes = {"axon.model": job.model, "axon.request_id": job.request_id}
+    with tracing.span("axon.job", parent=job.traceparent, attributes=attributes):
+        await _run(job, delivery, engine=engine, streams=streams, settings=settings, leases=leases)
+
+
+async def _run(
+    job: Job,
+    delivery: Delivery,
+    *,
+    engine: Engine,
+    streams: TokenStreams,
+    settings: JobSettings,
+    leases: dict[str, Lease],
+) -> None:
     model = job.model
     try:
         lease = await _claim(job, streams, settings)
@@ -193,6 +188,7 @@ async def _attempt(
         # Nobody should wait for an answer that starts this late: end it now, with an
         # error the client sees and a failed reply in the history.
         metrics.QUEUE_EXPIRED.labels(job.model).inc()
+        metrics.CANCELLATIONS.labels("queue_wait").inc()
         expired = Overloaded(f"the request waited {waited:.0f} s in the queue and was dropped")
         await patiently(lambda: finish(job, streams, Progress(), expired, fence), settings.outage_s)
         await delivery.ack()
@@ -209,7 +205,9 @@ async def _attempt(
         prefix_tokens=sum(e.tokens for _, e in existing),
         written=len(prefix.encode()),
     )
+    _waited(job, lease, progress)
     if existing:
+        metrics.JOBS_RESUMED.labels(job.model).inc()
         log.info("resuming a reply another worker began", extra={"tokens": progress.prefix_tokens})
     gen = asyncio.create_task(_generate(job, engine, streams, settings, progress, fence))
     try:
@@ -235,6 +233,17 @@ async def _attempt(
         return
     await patiently(lambda: finish(job, streams, progress, error, fence), settings.outage_s)
     await delivery.ack()
+
+
+def _waited(job: Job, lease: Lease, progress: Progress) -> None:
+    """Record the first attempt's wait in the queue (a later attempt waited for a worker
+    that died, which the takeover metrics tell)."""
+    if lease.attempt > 1 or job.enqueued_at is None:
+        return
+    waited = max(0.0, progress.started_at - job.enqueued_at)
+    progress.queue_wait_s = waited
+    metrics.QUEUE_WAIT.labels(job.model).observe(waited)
+    tracing.record("axon.queue_wait", job.enqueued_at, progress.started_at, parent=job.traceparent)
 
 
 def _waited_too_long(job: Job, lease: Lease, settings: JobSettings) -> float | None:
@@ -282,6 +291,7 @@ async def _watch(
         reason: AxonError | None = None
         if time.time() > job.deadline:
             reason = Timeout("the request's deadline passed before the reply was finished")
+            metrics.CANCELLATIONS.labels("deadline").inc()
         elif await _cancelled(streams, job.stream):
             reason = Cancelled("the request was cancelled")
         if reason is not None:
@@ -292,7 +302,9 @@ async def _watch(
 
 async def _cancelled(streams: TokenStreams, stream: str) -> bool:
     try:
-        return await streams.is_cancelled(stream)
+        # Ten looks a second: a span each would bury the turn's trace.
+        with tracing.quiet():
+            return await streams.is_cancelled(stream)
     except Unavailable:
         # Not knowable during a Redis outage; the appends wait it out meanwhile.
         return False
@@ -359,71 +371,3 @@ async def _generate(
         await stream.aclose()
         if batch:  # also when cancelled or failed: the final text must match the stream
             await flush()
-
-
-async def finish(
-    job: Job,
-    streams: TokenStreams,
-    progress: Progress,
-    error: AxonError | None,
-    fence: Fence | None = None,
-) -> None:
-    """Append the final event and publish the completion (the reply to store). Safe to
-    repeat: a second final event for the same fence is not written."""
-    usage = Usage(
-        prompt_tokens=progress.prompt_tokens,
-        completion_tokens=progress.prefix_tokens + progress.tokens,
-    )
-    if isinstance(error, Cancelled):
-        finish_reason, error = FinishReason.CANCELLED, None
-    elif error is not None:
-        finish_reason = FinishReason.ERROR
-    else:
-        finish_reason = progress.finish or FinishReason.STOP
-    if error is None:
-        event = StreamEvent(
-            kind=EventKind.DONE,
-            text=progress.full_text,
-            tokens=usage.completion_tokens,
-            finish_reason=finish_reason,
-            usage=usage,
-        )
-    else:
-        event = StreamEvent(
-            kind=EventKind.ERROR,
-            text=progress.full_text,
-            finish_reason=finish_reason,
-            usage=usage,
-            error_code=error.code,
-            error_message=error.message,
-        )
-    # Only session turns are stored; a stateless reply ends with its stream.
-    completion = _completion(job, event) if job.session_id is not None else None
-    await streams.append(job.stream, [event], fence, completion)
-    _observe(job.model, progress, finish_reason, usage)
-
-
-def _completion(job: Job, event: StreamEvent) -> Completion:
-    return Completion(
-        request_id=job.request_id,
-        session_id=job.session_id,
-        tenant=job.tenant,
-        model=job.model,
-        text=event.text,
-        finish_reason=event.finish_reason or FinishReason.ERROR,
-        usage=event.usage or Usage(),
-        error_code=event.error_code,
-        error_message=event.error_message,
-    )
-
-
-def _observe(model: str, progress: Progress, reason: FinishReason, usage: Usage) -> None:
-    now = time.monotonic()
-    metrics.JOBS_FINISHED.labels(model, reason.value).inc()
-    metrics.REQUEST_DURATION.labels(model, reason.value).observe(now - progress.started)
-    metrics.TOKEN_USAGE.labels(model, "input").observe(usage.prompt_tokens)
-    metrics.TOKEN_USAGE.labels(model, "output").observe(usage.completion_tokens)
-    if progress.first_token_at is not None and progress.tokens > 1:
-        metrics.TIME_PER_OUTPUT_TOKEN.labels(model).observe(
-            (now - progress.first_token_at) / (progress.tokens - 1)
-        )

@@ -1,0 +1,46 @@
+"""Print docs/observability.md's metric table from the metric definitions themselves."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from axon.observability.metrics import REGISTRY
+
+
+def rows() -> list[tuple[str, str, str, str]]:
+    out: list[tuple[str, str, str, str]] = []
+    for collector in list(REGISTRY._collector_to_names):
+        for family in collector.describe():
+            if family.name.startswith("process_"):
+                continue  # the standard process metrics, documented by Prometheus
+            labels = ", ".join(f"`{n}`" for n in _label_names(collector))
+            name = f"`{family.name}{'_total' if family.type == 'counter' else ''}`"
+            out.append((name, family.type, labels or "none", family.documentation))
+    return sorted(out)
+
+
+def _label_names(collector: object) -> tuple[str, ...]:
+    return tuple(getattr(collector, "_labelnames", ()))
+
+
+def table() -> str:
+    lines = ["| Metric | Type | Labels | Meaning |", "|---|---|---|---|"]
+    lines += [f"| {n} | {t} | {labels} | {text} |" for n, t, labels, text in rows()]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    """Print the table, or with ``--write FILE`` replace the one in that file."""
+    if len(sys.argv) == 3 and sys.argv[1] == "--write":
+        path = Path(sys.argv[2])
+        text = path.read_text()
+        start = text.index("| Metric | Type |")
+        end = text.index("\n\n", start) + 1
+        path.write_text(text[:start] + table() + text[end:])
+    else:
+        print(table(), end="")
+
+
+if __name__ == "__main__":
+    main()
