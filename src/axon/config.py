@@ -360,7 +360,11 @@ class LimitSettings(BaseModel):
 
 class LogSettings(BaseModel):
     level: str = Field("INFO", description="Log level.")
-    json_format: bool = Field(True, description="One JSON object per line (else plain text).")
+    format: Literal["auto", "json", "text"] = Field(
+        "auto",
+        description="`json`: one JSON object per line, for log shippers; `text`: readable "
+        "lines, coloured on a terminal; `auto`: text when stdout is a terminal, else JSON.",
+    )
 
 
 class TracingSettings(BaseModel):

@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         # `axon keys` speaks to a person (and prints a key on its last line): only
         # warnings may interleave with that.
         level="WARNING" if args.command == "keys" else settings.log.level,
-        json_format=settings.log.json_format,
+        fmt=settings.log.format,
     )
     if args.command in ("serve", "gateway", "session-manager", "worker", "up"):
         _raise_file_limit()

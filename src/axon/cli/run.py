@@ -39,8 +39,8 @@ async def bounded(work: Awaitable[object], what: str) -> None:
 def announce(settings: Settings, role: str, models: list[EngineSettings]) -> None:
     """Say the process is serving: ``axon_build_info`` (one series per model it serves, so
     dashboards can list the models), and a line for people and launchers."""
-    for model in models or [None]:
-        kind, name = (model.kind, model.model) if model is not None else ("", "")
+    served: list[tuple[str, str]] = [(m.kind, m.model) for m in models] or [("", "")]
+    for kind, name in served:
         metrics.BUILD_INFO.labels(__version__, role, kind, name).set(1)
     url = f"http://{settings.server.host}:{settings.server.port}"
     # Printed (not only logged) so that a person and a launcher both find the address.

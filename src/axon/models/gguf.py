@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,7 +56,32 @@ def import_llama_cpp() -> Any:
         raise ConfigError(
             "The llamacpp engine needs llama-cpp-python: run `pip install llama-cpp-python`."
         ) from exc
+    _route_log(llama_cpp)
     return llama_cpp
+
+
+_llama_log = logging.getLogger("llama_cpp")
+#: ggml's log levels (5 continues the previous line, which is dropped with it).
+_GGML_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+#: The installed callback: ctypes frees a callback that nobody holds.
+_log_callback: Any = None
+
+
+def _route_log(llama_cpp: Any) -> None:
+    """Send llama.cpp's own messages (model loading, context sizes) to Python logging, so
+    they come out in the process's log format at their level instead of as raw stderr."""
+    global _log_callback
+    if _log_callback is not None:
+        return
+
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+    def callback(level: int, text: bytes, _user_data: Any) -> None:
+        message = text.decode("utf-8", "replace").rstrip()
+        if message and level in _GGML_LEVELS:
+            _llama_log.log(_GGML_LEVELS[level], message)
+
+    _log_callback = callback
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
 
 
 class GgufTokenizer(TextTokenizer):

@@ -49,7 +49,7 @@ async def test_a_turn_is_measured_counted_and_logged_once(
     events = await _turn(client, "a secret question about otters")
     done = events[-1]
     assert done.event == "done"  # type: ignore[attr-defined]
-    usage = done.data["message"]  # type: ignore[attr-defined]
+    usage = done.data["usage"]  # type: ignore[attr-defined]
 
     assert value("axon_turns_total", model=model, outcome="ok") == before["ok"] + 1
     for stage in ("admit", "decode", "store"):
