@@ -39,6 +39,8 @@ class Received:
     span_id: str
     parent_id: str
     links: tuple[str, ...]
+    start_ns: int
+    end_ns: int
 
 
 class Receiver:
@@ -85,6 +87,8 @@ class Receiver:
                                 span_id=span.span_id.hex(),
                                 parent_id=span.parent_span_id.hex(),
                                 links=tuple(link.span_id.hex() for link in span.links),
+                                start_ns=span.start_time_unix_nano,
+                                end_ns=span.end_time_unix_nano,
                             )
                         )
 
@@ -148,6 +152,27 @@ def _turn(gateway: AxonProcess) -> tuple[str, str]:
         return events[0].data["reply_id"], events[-1].data["message"]["content"]
 
 
+def _tree(spans: list[Received]) -> str:
+    """The trace as an indented outline with each span's offset and duration (ms), shown
+    with ``pytest -s``: where the turn spent its time."""
+    start = min(s.start_ns for s in spans)
+    children: dict[str, list[Received]] = {}
+    for span in sorted(spans, key=lambda s: s.start_ns):
+        children.setdefault(span.parent_id, []).append(span)
+    lines: list[str] = []
+
+    def walk(parent: str, depth: int) -> None:
+        for span in children.get(parent, []):
+            offset = (span.start_ns - start) / 1e6
+            took = (span.end_ns - span.start_ns) / 1e6
+            lines.append(f"{offset:9.1f} {took:9.1f}  {'  ' * depth}{span.name}  [{span.service}]")
+            walk(span.span_id, depth + 1)
+
+    for root in ("", "0" * 16):
+        walk(root, 0)
+    return "\n".join(["   at(ms)   took(ms)  span", *lines])
+
+
 def _wait_for(receiver: Receiver, trace_id: str, services: set[str]) -> list[Received]:
     deadline = time.monotonic() + 30
     spans: list[Received] = []
@@ -175,6 +200,7 @@ def test_one_turn_is_one_trace_and_its_logs_carry_it(stack: Stack, receiver: Rec
     spans = _wait_for(receiver, trace_id, services)
     by_id = {s.span_id: s for s in spans}
     names = {s.name for s in spans}
+    print(_tree(spans))
 
     assert services <= {s.service for s in spans}, f"services in the trace: {spans}"
     roots = [s for s in spans if s.parent_id == "" or s.parent_id == "0" * 16]

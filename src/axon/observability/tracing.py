@@ -98,7 +98,10 @@ def instrument_app(app: Any) -> None:
         return
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-    FastAPIInstrumentor.instrument_app(app, excluded_urls=_UNTRACED_PATHS)
+    # No span per ASGI send or receive: a stream would get one per token batch.
+    FastAPIInstrumentor.instrument_app(
+        app, excluded_urls=_UNTRACED_PATHS, exclude_spans=["receive", "send"]
+    )
 
 
 def instrument_engine(sync_engine: Any) -> None:
