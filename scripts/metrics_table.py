@@ -10,10 +10,13 @@ from axon.observability.metrics import REGISTRY
 
 def rows() -> list[tuple[str, str, str, str]]:
     out: list[tuple[str, str, str, str]] = []
+    # The registry has no public list of its collectors; metrics are the ones that
+    # describe themselves (the process collector, documented by Prometheus, does not).
     for collector in list(REGISTRY._collector_to_names):
-        for family in collector.describe():
-            if family.name.startswith("process_"):
-                continue  # the standard process metrics, documented by Prometheus
+        describe = getattr(collector, "describe", None)
+        if describe is None:
+            continue
+        for family in describe():
             labels = ", ".join(f"`{n}`" for n in _label_names(collector))
             name = f"`{family.name}{'_total' if family.type == 'counter' else ''}`"
             out.append((name, family.type, labels or "none", family.documentation))
