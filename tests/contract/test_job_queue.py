@@ -9,6 +9,7 @@ import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
+from types import SimpleNamespace
 from uuid import uuid4
 
 import aio_pika
@@ -18,6 +19,7 @@ from axon.core.errors import QueueUnavailable
 from axon.core.types import ChatMessage, Job, SamplingParams
 from axon.queue.base import Delivery, JobQueue
 from axon.queue.rabbitmq import RabbitMQJobQueue
+from axon.queue.rabbitmq import _attempt as rabbitmq_attempt
 
 TIMEOUT_S = 5.0
 
@@ -137,6 +139,29 @@ async def test_reject_dead_letters_at_once(job_queue: JobQueue, model: str) -> N
     await dead_letters.aclose()
 
 
+async def consumers_become(job_queue: JobQueue, model: str, expected: int) -> None:
+    """Wait until the queue reports ``expected`` consumers (a broker settles a cancelled
+    consumer just after its channel closes); fail if it never does."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while (found := await job_queue.consumers(model)) != expected:
+        assert time.monotonic() < deadline, f"{found} consumers, expected {expected}"
+        await asyncio.sleep(0.05)
+
+
+async def test_consumers_counts_the_attached_consumers(job_queue: JobQueue, model: str) -> None:
+    assert await job_queue.consumers(model) == 0
+    await job_queue.publish(make_job(model))
+
+    deliveries = job_queue.consume(model, prefetch=1)
+    delivery = await take(deliveries)  # attached for as long as it is iterated
+    assert await job_queue.consumers(model) == 1
+    assert await job_queue.depth(model) == 0  # the one job is out, not waiting
+
+    await delivery.ack()
+    await deliveries.aclose()
+    await consumers_become(job_queue, model, 0)
+
+
 # --- RabbitMQ only -------------------------------------------------------------------------
 
 
@@ -229,6 +254,23 @@ async def test_rabbitmq_consumer_keeps_going_after_a_connection_loss(
         await deliveries.aclose()
     finally:
         await queue.close()
+
+
+@pytest.mark.parametrize(
+    ("headers", "redelivered", "attempt"),
+    [
+        ({}, False, 1),
+        ({"x-delivery-count": 2}, True, 3),
+        # Returned when its consumer's connection died, which recent brokers leave out of
+        # x-delivery-count (3.x counts every return, so a live broker may not show this).
+        ({}, True, 2),
+    ],
+)
+def test_rabbitmq_attempt_counts_redeliveries_the_broker_leaves_uncounted(
+    headers: dict[str, int], redelivered: bool, attempt: int
+) -> None:
+    message = SimpleNamespace(headers=headers, redelivered=redelivered)
+    assert rabbitmq_attempt(message) == attempt  # type: ignore[arg-type]
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ import pytest_asyncio
 
 from axon.core.errors import EngineError
 from axon.core.types import ChatMessage, FinishReason, SamplingParams
+from axon.observability import metrics
 from axon.worker.engines.base import Chunk
 from axon.worker.engines.llamacpp import LlamaCppEngine
 
@@ -307,3 +308,66 @@ async def test_a_failing_sequence_does_not_take_the_others_down(
     assert not isinstance(good, BaseException)
     assert text_of(good) == expected
     assert text_of(await collect(batching, STORY, params=GREEDY))
+
+
+def exported(name: str, **labels: str) -> float:
+    return metrics.REGISTRY.get_sample_value(name, {"model": "smollm2", **labels}) or 0.0
+
+
+async def test_a_batched_run_records_its_steps_batch_sizes_and_kv_use(
+    batching: LlamaCppEngine,
+) -> None:
+    steps_before = batching.stats.steps
+    timed = exported("axon_engine_step_duration_seconds_count")
+    batches = exported("axon_engine_batch_size_sequences_count")
+    singles = exported("axon_engine_batch_size_sequences_bucket", le="1.0")
+    kv_seen: list[float] = []
+
+    async def poll_kv() -> None:
+        while True:
+            kv_seen.append(exported("axon_engine_kv_cache_usage_ratio"))
+            await asyncio.sleep(0.01)
+
+    poller = asyncio.create_task(poll_kv())
+    try:
+        replies = await asyncio.gather(*(collect(batching, m) for m in OTHERS))
+    finally:
+        poller.cancel()
+
+    steps = batching.stats.steps - steps_before
+    # One observation per forward pass: never per token or per sequence.
+    assert exported("axon_engine_step_duration_seconds_count") - timed == steps
+    assert exported("axon_engine_batch_size_sequences_count") - batches == steps
+    batched = steps - (exported("axon_engine_batch_size_sequences_bucket", le="1.0") - singles)
+    assert batched > 0  # some steps decoded more than one sequence
+    # While they ran, their cells were in use; at most their prompts and replies, out of
+    # every slot's context window.
+    held = sum(
+        batching.tokenizer.count_prompt(m) + sum(c.tokens for c in r)
+        for m, r in zip(OTHERS, replies, strict=True)
+    )
+    assert 0 < max(kv_seen) <= held / (CAPACITY * 1024)
+    # Idle, nothing is in use: what finished sequences left for reuse does not count.
+    assert exported("axon_engine_kv_cache_usage_ratio") == 0
+
+
+async def test_a_repeated_prompt_counts_as_prefix_cache_hits(
+    batching: LlamaCppEngine, no_reuse: LlamaCppEngine
+) -> None:
+    prompt = batching.tokenizer.count_prompt(COUNT)
+    await collect(batching, COUNT)
+    queries = exported("axon_prefix_cache_queries_tokens_total")
+    hits = exported("axon_prefix_cache_hits_tokens_total")
+
+    await collect(batching, COUNT)
+
+    assert exported("axon_prefix_cache_queries_tokens_total") - queries == prompt
+    # All but the last token, which is read again for its logits.
+    assert exported("axon_prefix_cache_hits_tokens_total") - hits == prompt - 1
+
+    # Without reuse nothing is looked up, so nothing is found either.
+    queries = exported("axon_prefix_cache_queries_tokens_total")
+    hits = exported("axon_prefix_cache_hits_tokens_total")
+    await collect(no_reuse, COUNT)
+    assert exported("axon_prefix_cache_queries_tokens_total") == queries
+    assert exported("axon_prefix_cache_hits_tokens_total") == hits

@@ -33,6 +33,7 @@ async def session_manager_app(settings: Settings, *, edge: bool) -> FastAPI:
         loops = [
             asyncio.create_task(manager.consume_completions()),
             asyncio.create_task(manager.sweep_outbox()),
+            asyncio.create_task(manager.report_queues()),
         ]
         announce(settings, "session-manager" if not edge else "gateway", settings.served_models)
         try:

@@ -67,6 +67,7 @@ async def embedded_app(settings: Settings, engine: Engine | None = None) -> Fast
         loops = [
             asyncio.create_task(manager.consume_completions()),
             asyncio.create_task(manager.sweep_outbox()),
+            asyncio.create_task(manager.report_queues()),
         ]
         announce(settings, "serve", [settings.engine])
         try:

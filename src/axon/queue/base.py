@@ -50,6 +50,11 @@ class JobQueue(abc.ABC):
         """Jobs of ``model`` waiting for a worker (published, not yet delivered)."""
 
     @abc.abstractmethod
+    async def consumers(self, model: str) -> int:
+        """Consumers attached to ``model``'s queue now (one per running worker): 0 means
+        nothing will run the model's jobs."""
+
+    @abc.abstractmethod
     async def publish(self, job: Job) -> None:
         """Store the job durably before returning. Raise ``QueueUnavailable`` when the
         broker cannot confirm it in time: the caller then fails fast with a 503."""

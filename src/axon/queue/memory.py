@@ -48,6 +48,7 @@ class MemoryJobQueue(JobQueue):
         self.delivery_limit = delivery_limit
         self._ready: defaultdict[str, asyncio.Queue[tuple[Job, int]]] = defaultdict(asyncio.Queue)
         self._dead: defaultdict[str, asyncio.Queue[tuple[Job, int]]] = defaultdict(asyncio.Queue)
+        self._consumers: defaultdict[str, int] = defaultdict(int)
 
     def _requeue(self, model: str, job: Job, attempt: int) -> None:
         if attempt >= self.delivery_limit:
@@ -64,15 +65,24 @@ class MemoryJobQueue(JobQueue):
     async def depth(self, model: str) -> int:
         return self.pending(model)
 
+    async def consumers(self, model: str) -> int:
+        return self._consumers[model]
+
     async def consume(self, model: str, prefetch: int) -> AsyncIterator[Delivery]:
         slots = asyncio.Semaphore(prefetch)
         ready = self._ready[model]
-        while True:
-            await slots.acquire()
-            job, attempts = await ready.get()
-            delivery = _MemoryDelivery(self, model, job, attempts + 1)
-            delivery._slot = slots
-            yield delivery
+        # Attached from the first wait for a job until the iterator is closed, as a
+        # broker's consumer is.
+        self._consumers[model] += 1
+        try:
+            while True:
+                await slots.acquire()
+                job, attempts = await ready.get()
+                delivery = _MemoryDelivery(self, model, job, attempts + 1)
+                delivery._slot = slots
+                yield delivery
+        finally:
+            self._consumers[model] -= 1
 
     async def dead_letters(self, model: str) -> AsyncIterator[Delivery]:
         dead = self._dead[model]

@@ -123,6 +123,16 @@ class _FailoverConnection(aio_pika.RobustConnection):
                 self.url = self._urls[self._current]
 
 
+def _attempt(message: AbstractIncomingMessage) -> int:
+    """Which delivery of its job ``message`` is. A quorum queue's x-delivery-count counts
+    only the returns its release deems failures, and which those are differs between
+    releases: recent ones skip a delivery whose consumer's channel or connection closed, as
+    a dead worker's does. The redelivered flag still says so: at least the second delivery."""
+    count = message.headers.get("x-delivery-count")
+    counted = int(count) + 1 if isinstance(count, int) else 1
+    return max(counted, 2) if message.redelivered else counted
+
+
 def _with_heartbeat(url: URL, heartbeat_s: float | None) -> URL:
     """``url`` asking for AMQP heartbeats every ``heartbeat_s``, unless it sets its own. A
     frozen or partitioned worker stops answering them, and the broker then closes its
@@ -297,17 +307,27 @@ class RabbitMQJobQueue(JobQueue):
             # Includes a nack (queue full, reject-publish) and a return (unroutable).
             raise QueueUnavailable(f"RabbitMQ refused the job: {type(exc).__name__}") from exc
 
-    async def depth(self, model: str) -> int:
+    async def _jobs_queue_state(self, model: str, what: str) -> tuple[int, int]:
+        """(ready messages, consumers) of ``model``'s jobs queue, as the broker counts them."""
         try:
             channel = await self._publisher_channel()
-            # A declaration with the same arguments is idempotent and answers the number
-            # of ready (not yet delivered) messages; a passive one would close the channel
-            # if the queue did not exist yet.
+            # A declaration with the same arguments is idempotent and answers both counts;
+            # a passive one would close the channel if the queue did not exist yet.
             jobs, _ = await self._declare(channel, model)
         except CONNECTION_EXCEPTIONS as exc:
-            raise QueueUnavailable("cannot read the queue depth from RabbitMQ") from exc
+            raise QueueUnavailable(f"cannot read the queue {what} from RabbitMQ") from exc
         result = jobs.declaration_result
-        return int(result.message_count or 0) if result is not None else 0
+        if result is None:
+            return 0, 0
+        return int(result.message_count or 0), int(result.consumer_count or 0)
+
+    async def depth(self, model: str) -> int:
+        depth, _ = await self._jobs_queue_state(model, "depth")
+        return depth
+
+    async def consumers(self, model: str) -> int:
+        _, consumers = await self._jobs_queue_state(model, "consumers")
+        return consumers
 
     @asynccontextmanager
     async def _consumer(
@@ -367,10 +387,7 @@ class RabbitMQJobQueue(JobQueue):
             async for message in messages:
                 if (job := await self._decode(message)) is None:
                     continue
-                # The quorum queue sets x-delivery-count to the failed deliveries so far.
-                count = message.headers.get("x-delivery-count")
-                attempt = int(count) + 1 if isinstance(count, int) else 1
-                yield _RabbitDelivery(message, job, attempt, unsettled)
+                yield _RabbitDelivery(message, job, _attempt(message), unsettled)
 
     async def dead_letters(self, model: str) -> AsyncIterator[Delivery]:
         """Dead-lettered jobs. ``attempt`` is the delivery limit when the broker gave up on

@@ -50,6 +50,7 @@ from axon.sessions.idempotency import request_hash_of, same_request
 from axon.sessions.intake import Intake
 from axon.sessions.load import LoadShedder
 from axon.sessions.outbox import OutboxSweeper
+from axon.sessions.queue_gauges import QueueGauges
 from axon.sessions.records import MessageRecord, SessionRecord
 from axon.sessions.relay import Final, Relay, Relayed, Relays, TurnMeter, nothing
 from axon.sessions.replies import Replies
@@ -476,6 +477,11 @@ class SessionManager:
         # A blocking read every few seconds: spans of it would be noise, not turns.
         with tracing.quiet():
             await self._replies.consume()
+
+    async def report_queues(self) -> None:
+        """Export each served model's queue depth and consumers (runs until cancelled)."""
+        with tracing.quiet():
+            await QueueGauges(self._queue, list(self.models)).run()
 
     async def sweep_outbox(self) -> None:
         """Queue turns whose replica died before queueing them (runs until cancelled)."""

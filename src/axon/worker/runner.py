@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
 
 from axon.core.errors import AxonError, JobFailed, Unavailable
 from axon.core.types import Job
-from axon.observability import metrics
+from axon.observability import metrics, tracing
 from axon.queue.base import Delivery, JobQueue
 from axon.streaming.base import TokenStreams
 from axon.worker.engines.base import Engine
@@ -69,11 +70,12 @@ class Worker:
         # Read at scrape time: the engine's own counts, never stale.
         metrics.ENGINE_RUNNING.labels(model).set_function(lambda: self.engine.running)
         metrics.ENGINE_WAITING.labels(model).set_function(lambda: self.engine.waiting)
-        loops = {
+        loops: dict[str, Callable[[], Awaitable[None]]] = {
             "consume": self._consume,
             "dead-letters": self._dead_letters,
-            "heartbeat": self._heartbeat,
-            "takeover": self._takeover,
+            # Polls every second or so: spans of them would bury the jobs' traces.
+            "heartbeat": functools.partial(_quietly, self._heartbeat),
+            "takeover": functools.partial(_quietly, self._takeover),
         }
         self._loops = {
             name: asyncio.create_task(self._forever(name, loop), name=f"worker-{name}")
@@ -115,7 +117,10 @@ class Worker:
 
     async def _consume(self) -> None:
         model = self.engine.model
+        redelivered = metrics.JOBS_REDELIVERED.labels(model)
         async for delivery in self.queue.consume(model, prefetch=self.capacity):
+            if delivery.attempt > 1:
+                redelivered.inc()
             task = asyncio.create_task(self._run(delivery))
             self._jobs.add(task)
             metrics.RUNNING_SEQUENCES.labels(model).set(len(self._jobs))
@@ -218,6 +223,8 @@ class Worker:
                     await finish(job, self.streams, progress, error)
                 metrics.JOBS_FINISHED.labels(job.model, "dead").inc()
                 await delivery.ack()
+                # Counted once told: a dead letter handed back below comes round again.
+                metrics.JOBS_DEAD_LETTERED.labels(job.model).inc()
             except Exception:
                 log.exception("could not report a dead-lettered job; retrying shortly")
                 await delivery.retry()
@@ -244,3 +251,8 @@ class Worker:
         for loop in self._loops.values():
             loop.cancel()
         await asyncio.gather(*self._loops.values(), return_exceptions=True)
+
+
+async def _quietly(loop: Callable[[], Awaitable[None]]) -> None:
+    with tracing.quiet():
+        await loop()

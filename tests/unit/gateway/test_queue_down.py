@@ -18,6 +18,9 @@ class DownQueue(JobQueue):
     async def depth(self, model: str) -> int:
         raise QueueUnavailable("the job queue cannot be reached")
 
+    async def consumers(self, model: str) -> int:
+        raise QueueUnavailable("the job queue cannot be reached")
+
     async def publish(self, job: Job) -> None:
         raise QueueUnavailable("the job queue did not confirm the job in time")
 

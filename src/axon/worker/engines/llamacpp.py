@@ -100,6 +100,7 @@ class LlamaCppEngine(Engine):
         decoder = BatchDecoder(
             self.model_path,
             tokenizer,
+            model=self.model,
             capacity=self.capacity,
             context_window=self.context_window,
             threads=self.threads,

@@ -6,13 +6,15 @@ streams. Requests join and leave between steps. Every sequence owns a slot: a ll
 sequence id with its own KV cells (``context_window`` of them). A finished sequence's
 cells stay in its slot until the slot is needed, so the next turn of the same
 conversation, whose prompt starts with this turn's prompt and reply, reads only its new
-tokens (prefix reuse).
+tokens (prefix reuse). Each forward pass records its time and batch size, and each
+admission the prompt tokens it looked up in its slot and found there.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,7 @@ from typing import Any
 
 from axon.core.errors import ConfigError, EngineError
 from axon.models.gguf import GgufTokenizer, check_model_file, import_llama_cpp
+from axon.observability import metrics
 from axon.worker.engines.llamacpp_sequence import Outbox, Request, Running, Sampler
 
 log = logging.getLogger(__name__)
@@ -83,6 +86,7 @@ class BatchDecoder:
         model_path: Path,
         tokenizer: GgufTokenizer,
         *,
+        model: str,
         capacity: int,
         context_window: int,
         threads: int,
@@ -114,6 +118,12 @@ class BatchDecoder:
         self._ctx: Any = None
         self._mem: Any = None
         self._batch: Any = None
+        # Bound once: a step records with no label lookup.
+        self._step_seconds = metrics.ENGINE_STEP.labels(model)
+        self._batch_size = metrics.ENGINE_BATCH.labels(model)
+        self._kv_usage = metrics.ENGINE_KV_USAGE.labels(model)
+        self._prefix_queries = metrics.PREFIX_CACHE_QUERIES.labels(model)
+        self._prefix_hits = metrics.PREFIX_CACHE_HITS.labels(model)
 
     @property
     def running(self) -> int:
@@ -228,9 +238,18 @@ class BatchDecoder:
                     log.exception("llama.cpp decode step failed")
                     for seq in list(self._active):
                         self._finish(seq, EngineError("llama.cpp failed while generating."))
+            self._record_kv_use()
             self._outbox.flush()
         self._shut_down()
+        self._record_kv_use()
         self._outbox.flush()
+
+    def _record_kv_use(self) -> None:
+        """Set the KV-use gauge: the cells running sequences hold, out of every slot's. The
+        cells a finished sequence leaves for prefix reuse are not counted: the slot's next
+        user drops whatever it does not share, so they never keep a request waiting."""
+        used = sum(len(slot.cached) for slot in self._slots if slot.busy)
+        self._kv_usage.set(used / (self.capacity * self.context_window))
 
     def _shut_down(self) -> None:
         error = EngineError("The llamacpp engine closed during the generation.")
@@ -262,6 +281,9 @@ class BatchDecoder:
         self._active.append(Running(request, slot.seq_id, keep, sampler, self.tokenizer))
         self.stats.admitted += 1
         self.stats.reused_tokens += keep
+        if self.prefix_reuse:
+            self._prefix_queries.inc(len(request.tokens))
+            self._prefix_hits.inc(keep)
 
     def _pick_slot(self, tokens: list[int]) -> _Slot:
         free = [s for s in self._slots if not s.busy]
@@ -387,6 +409,10 @@ class BatchDecoder:
                 pos += 1
             batch.logits[i - 1] = output
         batch.n_tokens = i
+        started = time.perf_counter()
         code = self._llama_cpp.llama_decode(self._ctx, batch)
         if code != 0:
             raise RuntimeError(f"llama_decode returned {code}")
+        # Once per forward pass, whatever the batch holds: never per token or sequence.
+        self._step_seconds.observe(time.perf_counter() - started)
+        self._batch_size.observe(len(entries))

@@ -30,6 +30,7 @@ from axon.core.types import ChatMessage, FinishReason, SamplingParams
 from axon.models.base import Tokenizer
 from axon.models.estimate import EstimateTokenizer
 from axon.models.gguf import GgufTokenizer
+from axon.observability import metrics
 from axon.worker.engines.base import Chunk, Engine
 
 log = logging.getLogger(__name__)
@@ -201,6 +202,12 @@ class OpenAIEngine(Engine):
                     prompt_tokens = reply.prompt_tokens
                     if prompt_tokens is None:  # the server sent no usage: count it here
                         prompt_tokens = self._tokenizer.count_prompt(messages)
+                    elif (cached := reply.cached_tokens) is not None:
+                        # The server's own prefix cache, when it reports one (OpenAI; vLLM
+                        # with --enable-prompt-tokens-details). Its steps, batches and KV
+                        # use are its own metrics' business.
+                        metrics.PREFIX_CACHE_QUERIES.labels(self.model).inc(prompt_tokens)
+                        metrics.PREFIX_CACHE_HITS.labels(self.model).inc(cached)
                     yield reply.last(prompt_tokens)
                     return
                 except (_Retryable, httpx.TransportError) as exc:
@@ -307,6 +314,13 @@ class _Reply:
     def prompt_tokens(self) -> int | None:
         value = self.usage.get("prompt_tokens")
         return value if isinstance(value, int) else None
+
+    @property
+    def cached_tokens(self) -> int | None:
+        """Prompt tokens the server found in its prefix cache, if it says."""
+        details = self.usage.get("prompt_tokens_details")
+        value = details.get("cached_tokens") if isinstance(details, dict) else None
+        return value if isinstance(value, int) and value >= 0 else None
 
     def feed(self, line: str) -> list[Chunk]:
         # Anything but data (": ping" comments, blank separators, event names) carries nothing.

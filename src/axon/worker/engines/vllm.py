@@ -30,6 +30,7 @@ from axon.config import EngineSettings
 from axon.core.errors import ConfigError, EngineError, InvalidRequest
 from axon.core.types import ChatMessage, FinishReason, SamplingParams
 from axon.models.hf import HfChatTokenizer
+from axon.observability import metrics
 from axon.worker.engines.base import Chunk, Engine, reply_budget
 
 log = logging.getLogger(__name__)
@@ -243,11 +244,15 @@ class VllmEngine(Engine):
         )
         finished = False
         first = True
+        cache_counted = False
         # Tokens whose text vLLM still holds back (a possible stop sequence, a partial
         # UTF-8 character): counted on the next chunk that carries text.
         unsent = 0
         try:
             while (output := await _next(outputs)) is not None:
+                if not cache_counted:
+                    self._record_prefix_cache(len(ids), output)
+                    cache_counted = True
                 completion = output.outputs[0]
                 unsent += len(completion.token_ids)
                 reason = completion.finish_reason
@@ -277,6 +282,16 @@ class VllmEngine(Engine):
                 except Exception:  # must not hide why the generation ended
                     log.warning("vLLM could not abort a request", exc_info=True)
             await outputs.aclose()
+
+    def _record_prefix_cache(self, looked_up: int, output: Any) -> None:
+        """Count the prompt's tokens and those vLLM found in its prefix cache, once per
+        request. vLLM's step time, batch size and KV use need its own statistics, which
+        cost work on every token and stay off (``disable_log_stats``): not recorded."""
+        cached = getattr(output, "num_cached_tokens", None)
+        # Older releases do not report it: count nothing rather than a miss.
+        if isinstance(cached, int) and cached >= 0:
+            metrics.PREFIX_CACHE_QUERIES.labels(self.model).inc(looked_up)
+            metrics.PREFIX_CACHE_HITS.labels(self.model).inc(cached)
 
 
 async def _next(outputs: AsyncGenerator[Any, None]) -> Any | None:
