@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
 bash scripts/install-chromium.sh
+# promtool tests the alert rules; a live Prometheus evaluates every dashboard and rule query.
+bash scripts/install-prometheus.sh
 bash scripts/services.sh
 # vLLM (CPU build) lives in its own virtual environment: its pins would break this one.
 bash scripts/setup-vllm.sh

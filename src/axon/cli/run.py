@@ -42,6 +42,7 @@ def announce(settings: Settings, role: str, models: list[EngineSettings]) -> Non
     served: list[tuple[str, str]] = [(m.kind, m.model) for m in models] or [("", "")]
     for kind, name in served:
         metrics.BUILD_INFO.labels(__version__, role, kind, name).set(1)
+    metrics.declare([m.model for m in models])
     url = f"http://{settings.server.host}:{settings.server.port}"
     # Printed (not only logged) so that a person and a launcher both find the address.
     print(f"axon {role} ready at {url}", file=sys.stderr, flush=True)

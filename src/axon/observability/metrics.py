@@ -331,6 +331,28 @@ TAKEOVERS = Counter(
 )
 
 
+def declare(models: list[str]) -> None:
+    """Create the series of rare events at zero, for each served model: a counter's first
+    increment is invisible to ``rate()`` and ``increase()`` when its series did not exist
+    before it, so the first error, dead letter or cancellation would not alert."""
+    for model in models:
+        for outcome in ("ok", "cancelled", "error", "abandoned"):
+            TURNS.labels(model, outcome)
+        for outcome in ("stop", "length", "cancelled", "error", "dead", "retried"):
+            JOBS_FINISHED.labels(model, outcome)
+        for counter in (
+            JOBS_REDELIVERED,
+            JOBS_RESUMED,
+            JOBS_DEAD_LETTERED,
+            QUEUE_EXPIRED,
+            FENCED_WRITES,
+            JOBS_PUBLISHED,
+        ):
+            counter.labels(model)
+    for cause in ("client_request", "client_disconnect", "deadline", "queue_wait"):
+        CANCELLATIONS.labels(cause)
+
+
 def render() -> tuple[bytes, str]:
     """The registry in Prometheus text format, and its content type."""
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
