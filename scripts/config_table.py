@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
+import doc_table  # the scripts folder: run as `python scripts/...`
 from pydantic import BaseModel
 
 from axon.config import Settings
@@ -33,17 +31,5 @@ def table() -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    """Print the table, or with ``--write README.md`` replace the one in that file."""
-    if len(sys.argv) == 3 and sys.argv[1] == "--write":
-        path = Path(sys.argv[2])
-        text = path.read_text()
-        start = text.index("| Environment variable |")
-        end = text.index("\n\n", start) + 1
-        path.write_text(text[:start] + table() + text[end:])
-    else:
-        print(table(), end="")
-
-
 if __name__ == "__main__":
-    main()
+    doc_table.main(table)

@@ -292,7 +292,9 @@ class Relays:
             if not entries:
                 yield None
                 continue
-            if turn is not None and turn.first_token_s is None:
+            # The first token, not a reply that failed before any: a quick error is no
+            # quick answer.
+            if turn is not None and turn.first_token_s is None and not entries[0][1].final:
                 turn.first_token_s = round(time.monotonic() - turn.queued, 6)
                 metrics.TURN_FIRST_TOKEN.labels(turn.model).observe(turn.first_token_s)
             for entry in entries:

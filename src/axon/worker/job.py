@@ -88,63 +88,51 @@ async def run_job(
     # The job's span continues the turn's trace (its traceparent came with the job).
     attributes = {"axon.model": job.model, "axon.request_id": job.request_id}
     with tracing.span("axon.job", parent=job.traceparent, attributes=attributes):
-        await _run(job, delivery, engine=engine, streams=streams, settings=settings, leases=leases)
-
-
-async def _run(
-    job: Job,
-    delivery: Delivery,
-    *,
-    engine: Engine,
-    streams: TokenStreams,
-    settings: JobSettings,
-    leases: dict[str, Lease],
-) -> None:
-    model = job.model
-    try:
-        lease = await _claim(job, streams, settings)
-        if lease is None:
-            # Finished by an earlier attempt (its completion was recorded with the final
-            # event): a duplicate delivery, or one whose ack was lost.
-            await delivery.ack()
-            metrics.JOBS_FINISHED.labels(model, "duplicate").inc()
+        model = job.model
+        try:
+            lease = await _claim(job, streams, settings)
+            if lease is None:
+                # Finished by an earlier attempt (its completion was recorded with the final
+                # event): a duplicate delivery, or one whose ack was lost.
+                await delivery.ack()
+                metrics.JOBS_FINISHED.labels(model, "duplicate").inc()
+                return
+        except (Unavailable, asyncio.CancelledError) as exc:
+            # Redis stayed down, or the worker is stopping, before this delivery got the
+            # lease (or while it waited for another attempt's): nothing ran, give it back.
+            await delivery.retry()
+            metrics.JOBS_FINISHED.labels(model, "handed_back").inc()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
             return
-    except (Unavailable, asyncio.CancelledError) as exc:
-        # Redis stayed down, or the worker is stopping, before this delivery got the
-        # lease (or while it waited for another attempt's): nothing ran, give it back.
-        await delivery.retry()
-        metrics.JOBS_FINISHED.labels(model, "handed_back").inc()
-        if isinstance(exc, asyncio.CancelledError):
-            raise
-        return
-    lease.task = asyncio.current_task()
-    leases[job.stream] = lease
-    try:
-        await _attempt(job, delivery, lease, engine=engine, streams=streams, settings=settings)
-    except Fenced:
-        _fenced(job, lease)
-        await delivery.retry()
-    except Unavailable:
-        # Redis stayed down longer than the worker waits: give the job back, uncounted.
-        with contextlib.suppress(AxonError):
-            await streams.release(job.stream, lease.attempt, failed=False)
-        await delivery.retry()
-        metrics.JOBS_FINISHED.labels(model, "handed_back").inc()
-    except asyncio.CancelledError:
-        if lease.fenced:
+        lease.task = asyncio.current_task()
+        leases[job.stream] = lease
+        try:
+            await _attempt(job, delivery, lease, engine=engine, streams=streams, settings=settings)
+        except Fenced:
             _fenced(job, lease)
-        else:
-            # Shutting down: the writer has stopped (see _attempt), so the next worker may
-            # continue the reply from where this one left it.
+            await delivery.retry()
+        except Unavailable:
+            # Redis stayed down longer than the worker waits: give the job back, uncounted.
             with contextlib.suppress(AxonError):
                 await streams.release(job.stream, lease.attempt, failed=False)
+            await delivery.retry()
             metrics.JOBS_FINISHED.labels(model, "handed_back").inc()
-        await delivery.retry()
-        raise
-    finally:
-        # Only this attempt's entry: a newer attempt at the same reply may run here too.
-        if leases.get(job.stream) is lease:
-            del leases[job.stream]
+        except asyncio.CancelledError:
+            if lease.fenced:
+                _fenced(job, lease)
+            else:
+                # Shutting down: the writer has stopped (see _attempt), so the next worker may
+                # continue the reply from where this one left it.
+                with contextlib.suppress(AxonError):
+                    await streams.release(job.stream, lease.attempt, failed=False)
+                metrics.JOBS_FINISHED.labels(model, "handed_back").inc()
+            await delivery.retry()
+            raise
+        finally:
+            # Only this attempt's entry: a newer attempt at the same reply may run here too.
+            if leases.get(job.stream) is lease:
+                del leases[job.stream]
 
 
 def _fenced(job: Job, lease: Lease) -> None:
