@@ -8,6 +8,7 @@ import httpx
 
 from axon.gateway.services import Services
 from axon.worker.engines.fake import FakeEngine
+from support.cancel import cancel_when_running
 from support.sse import parse
 
 
@@ -152,18 +153,7 @@ async def test_cancel_stops_the_reply(client: httpx.AsyncClient, engine: FakeEng
     engine.reply_tokens = 500
     sid = await new_session(client)
 
-    async def cancel_soon() -> None:
-        for _ in range(200):
-            session = (await client.get(f"/v1/sessions/{sid}")).json()
-            if session["messages"]:
-                reply_id = session["messages"][0]["reply_id"]
-                await asyncio.sleep(0.2)
-                r = await client.post(f"/v1/sessions/{sid}/messages/{reply_id}/cancel")
-                assert r.status_code == 202
-                return
-            await asyncio.sleep(0.05)
-
-    canceller = asyncio.create_task(cancel_soon())
+    canceller = asyncio.create_task(cancel_when_running(client, sid))
     turn = await say(client, sid, "go on forever", max_tokens=400)
     await canceller
     assert turn["finish_reason"] == "cancelled"

@@ -12,6 +12,7 @@ import pytest
 
 from axon.observability.metrics import REGISTRY
 from axon.worker.engines.fake import FakeEngine
+from support.cancel import cancel_when_running
 from support.sse import parse
 
 
@@ -95,19 +96,7 @@ async def test_a_cancelled_turn_counts_as_cancelled_by_the_client(
     requested = value("axon_cancellations_total", cause="client_request")
     sid = (await client.post("/v1/sessions", json={})).json()["id"]
 
-    async def cancel_soon() -> None:
-        for _ in range(200):
-            session = (await client.get(f"/v1/sessions/{sid}")).json()
-            if session["messages"]:
-                reply_id = session["messages"][0]["reply_id"]
-                await asyncio.sleep(0.2)
-                r = await client.post(f"/v1/sessions/{sid}/messages/{reply_id}/cancel")
-                assert r.status_code == 202
-                assert r.json()["cancelled"] is True
-                return
-            await asyncio.sleep(0.05)
-
-    canceller = asyncio.create_task(cancel_soon())
+    canceller = asyncio.create_task(cancel_when_running(client, sid))
     body = {"content": "go on", "max_tokens": 400, "stream": False}
     r = await client.post(f"/v1/sessions/{sid}/messages", json=body)
     await canceller
