@@ -27,7 +27,6 @@ from axon.config import TracingSettings
 from axon.core.errors import ConfigError
 
 try:
-    from opentelemetry import context as _context
     from opentelemetry import trace as _trace
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 except ImportError:  # pragma: no cover - the distributed extra brings it
@@ -105,7 +104,9 @@ def instrument_app(app: Any) -> None:
 
 
 def instrument_engine(sync_engine: Any) -> None:
-    """Spans for every statement of a SQLAlchemy engine (its ``sync_engine`` when async)."""
+    """Spans for every statement of a SQLAlchemy engine (its ``sync_engine`` when async).
+    Once per process: the instrumentor instruments one engine (a serving process has one,
+    the store's)."""
     if not _enabled:
         return
     from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
@@ -135,18 +136,15 @@ def span(
     *,
     parent: str | None = None,
     attributes: Mapping[str, str | int | float | bool] | None = None,
-    start_s: float | None = None,
 ) -> Iterator[Any]:
     """A span around a block, made current inside it; child of ``parent`` (a
-    ``traceparent``) when given, else of the current span. ``start_s`` (Unix time) backdates
-    it, for a stage that began elsewhere (a job's wait in the queue)."""
+    ``traceparent``) when given, else of the current span."""
     if not _enabled:
         yield None
         return
     tracer = _trace.get_tracer(_TRACER_NAME)
-    start = int(start_s * 1e9) if start_s is not None else None
     with tracer.start_as_current_span(
-        name, context=_parent(parent), attributes=attributes, start_time=start
+        name, context=_parent(parent), attributes=attributes
     ) as current:
         yield current
 
@@ -183,23 +181,6 @@ def _suppressed() -> Iterator[None]:
 
     with suppress_instrumentation():
         yield
-
-
-def detached() -> Any:
-    """A block outside any trace: a background task started from a request would
-    otherwise join that request's trace."""
-    if not _enabled:
-        return nullcontext()
-    return _detached()
-
-
-@contextmanager
-def _detached() -> Iterator[None]:
-    token = _context.attach(_context.Context())
-    try:
-        yield
-    finally:
-        _context.detach(token)
 
 
 def current_ids() -> tuple[str | None, str | None]:
