@@ -1,0 +1,1 @@
+"""The source of Axon's Grafana dashboards: one module per dashboard, on shared builders."""
