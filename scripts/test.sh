@@ -9,9 +9,13 @@ python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
 bash scripts/install-chromium.sh
 # promtool tests the alert rules; a live Prometheus evaluates every dashboard and rule query.
 bash scripts/install-prometheus.sh
+# nginx, the self-hosted edge, run in front of two gateways by its end-to-end test.
+bash scripts/install-nginx.sh
 bash scripts/services.sh
 # vLLM (CPU build) lives in its own virtual environment: its pins would break this one.
 bash scripts/setup-vllm.sh
+# checkov (infrastructure checks) in its own environment too, for the same reason.
+bash scripts/setup-checkov.sh
 
 echo "== ruff"
 ruff check src tests benchmarks
