@@ -184,6 +184,7 @@ class RabbitMQJobQueue(JobQueue):
         self._drain_s = drain_s
         self._connection: AbstractRobustConnection | None = None
         self._publisher: AbstractRobustChannel | None = None
+        self._inspector: AbstractRobustChannel | None = None
         self._published_to: set[str] = set()
         self._lock = asyncio.Lock()
         self._closed = False
@@ -272,6 +273,17 @@ class RabbitMQJobQueue(JobQueue):
                 )
             return self._publisher
 
+    async def _inspector_channel(self) -> AbstractRobustChannel:
+        """The channel that reads queue depths and consumers. Not the publisher's: a read
+        abandoned at its timeout (load shedding, the gauges) cancels its declaration, and
+        the client then closes that channel; publishing must not lose its channel to it."""
+        connection = await self._connect()
+        async with self._lock:
+            # A cancelled read leaves its channel closed: the next read opens another.
+            if self._inspector is None or self._inspector.is_closed:
+                self._inspector = await connection.channel()
+            return self._inspector
+
     async def start(self) -> None:
         """Connect now and open the publisher channel; raise ``QueueUnavailable`` if the
         broker cannot be reached."""
@@ -310,7 +322,7 @@ class RabbitMQJobQueue(JobQueue):
     async def _jobs_queue_state(self, model: str, what: str) -> tuple[int, int]:
         """(ready messages, consumers) of ``model``'s jobs queue, as the broker counts them."""
         try:
-            channel = await self._publisher_channel()
+            channel = await self._inspector_channel()
             # A declaration with the same arguments is idempotent and answers both counts;
             # a passive one would close the channel if the queue did not exist yet.
             jobs, _ = await self._declare(channel, model)
@@ -421,6 +433,7 @@ class RabbitMQJobQueue(JobQueue):
     async def close(self) -> None:
         self._closed = True
         connection, self._connection, self._publisher = self._connection, None, None
+        self._inspector = None
         self._published_to.clear()
         if connection is not None:
             with suppress(*CONNECTION_EXCEPTIONS):
