@@ -173,7 +173,9 @@ def panels() -> list[Expression]:
 
 
 def rule_files() -> list[Path]:
-    return sorted([*RULES.glob("*.yml"), *RULES.glob("*.yaml")])
+    """Every rule file (``kustomization.yaml`` beside them packs them into a ConfigMap)."""
+    files = [*RULES.glob("*.yml"), *RULES.glob("*.yaml")]
+    return sorted(path for path in files if path.name != "kustomization.yaml")
 
 
 def _rules(prometheus: Prometheus) -> list[Expression]:
