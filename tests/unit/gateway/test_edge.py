@@ -17,8 +17,8 @@ from axon.config import (
     LimitSettings,
     ServerSettings,
     Settings,
-    check_unknown,
 )
+from axon.config_names import check_unknown
 from axon.core.errors import ConfigError, InvalidRequest
 from axon.gateway.app import check_exposure
 from axon.gateway.proxy import check_path
@@ -108,11 +108,12 @@ def test_serving_anonymously_beyond_loopback_needs_an_explicit_choice() -> None:
 
 def test_a_misspelled_variable_stops_startup_naming_the_closest_setting() -> None:
     with pytest.raises(ConfigError, match="did you mean AXON_AUTH__REQUIRED"):
-        check_unknown({"AXON_AUTH__REQUIRD": "true"}, None)
+        check_unknown(Settings, {"AXON_AUTH__REQUIRD": "true"}, None)
     with pytest.raises(ConfigError, match="AXON_NOPE"):
-        check_unknown({"AXON_NOPE": "1"}, None)
+        check_unknown(Settings, {"AXON_NOPE": "1"}, None)
     # Settings, the client's key and the test suite's own variables are fine.
     check_unknown(
+        Settings,
         {
             "AXON_AUTH__REQUIRED": "true",
             "AXON_ENGINE__OPENAI__BASE_URL": "http://x",
@@ -129,9 +130,9 @@ def test_a_misspelled_config_file_key_stops_startup(tmp_path: Path) -> None:
     path = tmp_path / "axon.toml"
     path.write_text('[auth]\nrequird = true\n\n[engine.openai]\nbase_url = "http://x"\n')
     with pytest.raises(ConfigError, match=r"auth\.requird.*did you mean auth\.required"):
-        check_unknown({}, path)
+        check_unknown(Settings, {}, path)
     path.write_text("[auth]\nrequired = true\n[limits]\nmax_messages = 3\n")
-    check_unknown({}, path)
+    check_unknown(Settings, {}, path)
 
 
 def test_the_cli_refuses_an_unknown_variable(
